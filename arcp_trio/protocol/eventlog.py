@@ -1,0 +1,170 @@
+"""A session's event buffer: seq stamping, replay, ack trimming, bounded eviction.
+
+Theory of operation
+-------------------
+Every seq-bearing frame a session receives (job events and terminals of every job
+it watches, §8.3) gets the next ``event_seq`` of that session — strictly
+increasing, gap-free, starting at 1 — and is kept here until one of three things
+frees it:
+
+* the client acknowledges it (``ack``, §6.5: "MAY free ... seq ≤
+  last_processed_seq");
+* the buffer is over its cap (``max_events``), in which case the oldest entries
+  are evicted and the eviction is *recorded*: ``evicted_through`` says how far, and
+  ``take_overflow_notice`` tells the caller once per episode so it can tell the
+  client (§6.5 back-pressure) — never a silent gap;
+* the session itself is forgotten at the end of its resume window (the owner
+  drops the whole buffer).
+
+``replay_after(n)`` returns every frame with ``seq > n`` in order, or raises
+``ResumeWindowExpired`` when an event the client has not seen is no longer held
+(§6.3: "RESUME_WINDOW_EXPIRED is returned if the buffer no longer covers the
+requested last_event_seq").
+
+Frames are stored as the encoded text that was (or will be) sent, so a replay
+re-sends exactly the original bytes: same envelope id, same seq.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Iterator
+
+import attrs
+
+from ..wire.errors import InvalidRequest, ResumeWindowExpired
+
+__all__ = ["BufferedEvent", "EventBuffer", "OverflowNotice"]
+
+
+@attrs.frozen
+class BufferedEvent:
+    seq: int
+    job_id: str
+    frame: str
+
+
+@attrs.frozen
+class OverflowNotice:
+    """The buffer evicted unacknowledged events; ``evicted_through`` is the last lost."""
+
+    evicted_through: int
+    evicted_count: int
+
+
+class EventBuffer:
+    """Per-session ordered buffer of stamped frames (sans-IO, synchronous)."""
+
+    def __init__(self, *, max_events: int) -> None:
+        if max_events < 1:
+            raise ValueError("max_events must be >= 1")
+        self.max_events = max_events
+        self._events: deque[BufferedEvent] = deque()
+        self._last_seq = 0
+        #: Highest seq the client acknowledged (§6.5).
+        self.acked_through = 0
+        #: Highest seq evicted by the cap rather than freed by an ack.
+        self.evicted_through = 0
+        self.evicted_total = 0
+        self._notice_pending = False
+        self._evicted_since_notice = 0
+
+    # -- stamping ---------------------------------------------------------------------
+
+    @property
+    def last_seq(self) -> int:
+        """The seq of the most recently stamped event (0 before the first)."""
+        return self._last_seq
+
+    def next_seq(self) -> int:
+        """The seq the next ``append`` will stamp."""
+        return self._last_seq + 1
+
+    def append(self, seq: int, job_id: str, frame: str) -> None:
+        """Store the frame stamped with ``seq`` (which must be ``next_seq()``)."""
+        if seq != self._last_seq + 1:
+            raise ValueError(f"event_seq must be gap-free: expected {self._last_seq + 1}, got {seq}")
+        self._last_seq = seq
+        self._events.append(BufferedEvent(seq, job_id, frame))
+        if len(self._events) > self.max_events:
+            self._evict(len(self._events) - self.max_events)
+
+    def _evict(self, count: int) -> None:
+        for _ in range(count):
+            gone = self._events.popleft()
+            if gone.seq > self.acked_through:
+                self.evicted_through = gone.seq
+                self.evicted_total += 1
+                self._evicted_since_notice += 1
+                self._notice_pending = True
+
+    def take_overflow_notice(self) -> OverflowNotice | None:
+        """Once per eviction episode: what was lost since the last notice."""
+        if not self._notice_pending:
+            return None
+        notice = OverflowNotice(self.evicted_through, self._evicted_since_notice)
+        self._notice_pending = False
+        self._evicted_since_notice = 0
+        return notice
+
+    # -- ack and replay ---------------------------------------------------------------
+
+    def ack(self, last_processed_seq: int) -> int:
+        """Free events with ``seq <= last_processed_seq``; returns how many were freed.
+
+        Raises:
+            InvalidRequest: the client acknowledges a seq it was never sent.
+        """
+        if last_processed_seq > self._last_seq:
+            raise InvalidRequest(
+                f"last_processed_seq {last_processed_seq} is beyond the last event_seq "
+                f"{self._last_seq} of this session"
+            )
+        freed = 0
+        if last_processed_seq > self.acked_through:
+            self.acked_through = last_processed_seq
+            events = self._events
+            while events and events[0].seq <= last_processed_seq:
+                events.popleft()
+                freed += 1
+        return freed
+
+    def first_held_seq(self) -> int:
+        """The lowest seq still held (``last_seq + 1`` when empty)."""
+        return self._events[0].seq if self._events else self._last_seq + 1
+
+    def check_covers(self, last_event_seq: int) -> None:
+        """Raise unless every event after ``last_event_seq`` is still held.
+
+        Raises:
+            ResumeWindowExpired: events the client has not seen were freed or evicted.
+            InvalidRequest: ``last_event_seq`` is beyond anything this session sent.
+        """
+        if last_event_seq > self._last_seq:
+            raise InvalidRequest(
+                f"last_event_seq {last_event_seq} is beyond the last event_seq {self._last_seq} "
+                "of this session"
+            )
+        if last_event_seq + 1 < self.first_held_seq():
+            raise ResumeWindowExpired(
+                f"events {last_event_seq + 1}..{self.first_held_seq() - 1} are no longer buffered "
+                f"(acknowledged through {self.acked_through}, evicted through "
+                f"{self.evicted_through})"
+            )
+
+    def replay_after(self, last_event_seq: int) -> list[BufferedEvent]:
+        """Every held event with ``seq > last_event_seq``, in order (§6.3).
+
+        Raises:
+            ResumeWindowExpired, InvalidRequest: see ``check_covers``.
+        """
+        self.check_covers(last_event_seq)
+        start = last_event_seq + 1 - self.first_held_seq()
+        return list(itertools.islice(self._events, max(start, 0), None))
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+    def __iter__(self) -> Iterator[BufferedEvent]:
+        return iter(self._events)

@@ -1,0 +1,320 @@
+"""Job lifecycle table, job history, idempotency and listing (§7), without I/O.
+
+Theory of operation
+-------------------
+A job moves ``pending → running → {success, error, cancelled, timed_out}``
+(§7.3); ``TRANSITIONS`` is the whole table and ``JobRecord.transition`` refuses
+anything else, so a job can end exactly once. Its terminal is kept as a
+``Terminal`` that renders itself per dialect, because the reference client and
+the spec disagree on how cancel and timeout look on the wire (WIRE.md §14.9-10).
+
+Each job keeps a bounded *history* of its own events, numbered 1, 2, ... in the
+job's own space. Subscribe-with-history replays from it (§7.6); the terminal is
+always kept. Sessions never share these numbers: each session stamps its own
+``event_seq`` when the runtime routes an event to it.
+
+``JobTable`` is the registry: lookup by id, idempotency records keyed by
+(principal, key) with a canonical fingerprint (§7.2), and keyset-paginated
+listing per principal (§6.6).
+"""
+
+from __future__ import annotations
+
+import bisect
+import enum
+import hashlib
+import json
+from collections import deque
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+import attrs
+
+from ..wire.errors import DuplicateKey, ErrorCode, InvalidRequest
+from ..wire.messages import MessageType
+from .leases import Budget, Lease
+from .session import Dialect
+
+__all__ = [
+    "TERMINAL_STATUSES",
+    "TRANSITIONS",
+    "HistoryEntry",
+    "JobRecord",
+    "JobStatus",
+    "JobTable",
+    "Terminal",
+    "fingerprint",
+]
+
+
+class JobStatus(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCESS = "success"
+    ERROR = "error"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
+
+
+TERMINAL_STATUSES = frozenset(
+    {JobStatus.SUCCESS, JobStatus.ERROR, JobStatus.CANCELLED, JobStatus.TIMED_OUT}
+)
+
+#: §7.3 lifecycle: every allowed transition.
+TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.PENDING: frozenset({JobStatus.RUNNING}) | TERMINAL_STATUSES,
+    JobStatus.RUNNING: TERMINAL_STATUSES,
+    JobStatus.SUCCESS: frozenset(),
+    JobStatus.ERROR: frozenset(),
+    JobStatus.CANCELLED: frozenset(),
+    JobStatus.TIMED_OUT: frozenset(),
+}
+
+
+@attrs.frozen(kw_only=True)
+class Terminal:
+    """How a job ended, renderable in either dialect."""
+
+    status: JobStatus
+    completed_at: str
+    result: Any = None
+    result_id: str | None = None
+    result_size: int | None = None
+    summary: str | None = None
+    code: str | None = None
+    message: str | None = None
+    retryable: bool = False
+    details: dict[str, Any] | None = None
+
+    def render(self, dialect: Dialect) -> tuple[MessageType, dict[str, Any]]:
+        """The terminal frame's type and payload for a session of ``dialect``."""
+        status = self.status
+        if status is JobStatus.SUCCESS:
+            payload: dict[str, Any] = {"final_status": "success", "completed_at": self.completed_at}
+            if self.result_id is not None:
+                payload["result_id"] = self.result_id
+                if self.result_size is not None:
+                    payload["result_size"] = self.result_size
+            elif self.result is not None:
+                payload["result"] = self.result
+            if self.summary is not None:
+                payload["summary"] = self.summary
+            return MessageType.JOB_RESULT, payload
+        if status is JobStatus.ERROR or dialect is Dialect.SPEC:
+            # §7.4: cancel is job.error CANCELLED, final_status cancelled; §7.3/§12:
+            # timeout is job.error TIMEOUT, final_status timed_out.
+            code = self.code or {
+                JobStatus.CANCELLED: ErrorCode.CANCELLED,
+                JobStatus.TIMED_OUT: ErrorCode.TIMEOUT,
+            }.get(status, ErrorCode.INTERNAL_ERROR)
+            payload = {
+                "final_status": str(status),
+                "code": str(code),
+                "message": self.message or str(status),
+                "retryable": self.retryable,
+                "completed_at": self.completed_at,
+            }
+            if self.details is not None:
+                payload["details"] = self.details
+            return MessageType.JOB_ERROR, payload
+        # Reference dialect (WIRE.md §12, §17.5): the 1.1.3 client cannot parse a
+        # job.error whose final_status is not "error", so cancel and timeout end in
+        # job.result. The code and message ride along as extra keys it ignores.
+        payload = {
+            "final_status": str(status),
+            "completed_at": self.completed_at,
+            "code": str(ErrorCode.CANCELLED if status is JobStatus.CANCELLED else ErrorCode.TIMEOUT),
+        }
+        if self.message is not None:
+            payload["message"] = self.message
+        return MessageType.JOB_RESULT, payload
+
+
+@attrs.frozen
+class HistoryEntry:
+    """One job event as it left the agent: numbered in the job's own space."""
+
+    index: int
+    frame_id: str
+    kind: str
+    payload_json: str
+
+
+def fingerprint(submit_payload: Any) -> str:
+    """§7.2 "identical parameters": canonical JSON of the whole submit payload."""
+    canonical = json.dumps(submit_payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@attrs.define(eq=False, kw_only=True)
+class JobRecord:
+    """Everything the runtime knows about one job (but never its cancel scope)."""
+
+    job_id: str
+    ordinal: int
+    principal: str
+    session_id: str
+    agent_name: str
+    agent_version: str | None
+    lease: Lease
+    lease_constraints: dict[str, Any] | None
+    budget: Budget | None
+    trace_id: str | None
+    parent_job_id: str | None
+    delegate_id: str | None
+    created_at: datetime
+    accepted_at: str
+    idempotency_key: str | None = None
+    status: JobStatus = JobStatus.PENDING
+    terminal: Terminal | None = None
+    history_limit: int = 10_000
+    history: deque[HistoryEntry] = attrs.field(init=False)
+    last_event_index: int = 0
+    #: Sessions that receive this job's events (the submitter and subscribers).
+    watchers: set[str] = attrs.field(factory=set)
+    #: The terminal frame's envelope id, shared by every session it is routed to.
+    terminal_frame_id: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        self.history = deque(maxlen=self.history_limit)
+
+    @property
+    def agent(self) -> str:
+        """The resolved ``name@version`` (a bare name for unversioned agents)."""
+        if self.agent_version is None:
+            return self.agent_name
+        return f"{self.agent_name}@{self.agent_version}"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    def transition(self, new: JobStatus) -> None:
+        """Move along §7.3's table.
+
+        Raises:
+            ValueError: the transition is not in ``TRANSITIONS``.
+        """
+        if new not in TRANSITIONS[self.status]:
+            raise ValueError(f"job {self.job_id}: {self.status} → {new} is not allowed")
+        self.status = new
+
+    def finish(self, terminal: Terminal) -> None:
+        self.transition(terminal.status)
+        self.terminal = terminal
+
+    def record_event(self, frame_id: str, kind: str, payload_json: str) -> HistoryEntry:
+        self.last_event_index += 1
+        entry = HistoryEntry(self.last_event_index, frame_id, kind, payload_json)
+        self.history.append(entry)
+        return entry
+
+    def history_after(self, index: int) -> tuple[list[HistoryEntry], int]:
+        """Held events numbered above ``index``, and how many older ones were dropped."""
+        entries = [entry for entry in self.history if entry.index > index]
+        first_held = self.history[0].index if self.history else self.last_event_index + 1
+        missing = max(0, first_held - index - 1)
+        return entries, missing
+
+    def budget_wire(self, dialect: Dialect) -> dict[str, Any] | None:
+        if self.budget is None:
+            return None
+        return self.budget.as_numbers() if dialect is Dialect.SPEC else self.budget.as_strings()
+
+
+@attrs.define
+class _IdempotencyRecord:
+    fingerprint: str
+    job_id: str
+
+
+class JobTable:
+    """The runtime's job registry (sans-IO)."""
+
+    def __init__(self) -> None:
+        self._jobs: dict[str, JobRecord] = {}
+        self._by_principal: dict[str, list[JobRecord]] = {}
+        self._idempotency: dict[tuple[str, str], _IdempotencyRecord] = {}
+        self._next_ordinal = 1
+
+    def next_ordinal(self) -> int:
+        ordinal = self._next_ordinal
+        self._next_ordinal += 1
+        return ordinal
+
+    def get(self, job_id: str) -> JobRecord | None:
+        return self._jobs.get(job_id)
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def __iter__(self) -> Iterable[JobRecord]:
+        return iter(self._jobs.values())
+
+    def find_idempotent(self, principal: str, key: str, print_: str) -> JobRecord | None:
+        """The job an earlier identical submit created, if any.
+
+        Raises:
+            DuplicateKey: the key was used with different parameters (§7.2).
+        """
+        record = self._idempotency.get((principal, key))
+        if record is None:
+            return None
+        if record.fingerprint != print_:
+            raise DuplicateKey(
+                f"idempotency_key {key!r} was already used with different parameters"
+            )
+        return self._jobs[record.job_id]
+
+    def add(self, job: JobRecord, *, fingerprint_: str | None = None) -> None:
+        """Register a job (and its idempotency record) atomically."""
+        self._jobs[job.job_id] = job
+        self._by_principal.setdefault(job.principal, []).append(job)
+        if job.idempotency_key is not None and fingerprint_ is not None:
+            self._idempotency[(job.principal, job.idempotency_key)] = _IdempotencyRecord(
+                fingerprint_, job.job_id
+            )
+
+    def list_for(
+        self,
+        principal: str,
+        *,
+        statuses: frozenset[str] | None,
+        agent: str | None,
+        created_after: datetime | None,
+        limit: int,
+        cursor: str | None,
+    ) -> tuple[list[JobRecord], str | None]:
+        """§6.6 listing: the principal's jobs in submission order, keyset-paginated.
+
+        The cursor is the ordinal of the last job of the previous page, so pages stay
+        stable while new jobs arrive.
+
+        Raises:
+            InvalidRequest: an unparseable cursor or unknown status.
+        """
+        if statuses is not None:
+            unknown = statuses - {status.value for status in JobStatus}
+            if unknown:
+                raise InvalidRequest(f"unknown job status filter {sorted(unknown)}")
+        after = 0
+        if cursor is not None:
+            if not cursor.isdigit():
+                raise InvalidRequest(f"invalid cursor {cursor!r}")
+            after = int(cursor)
+        jobs = self._by_principal.get(principal, [])
+        start = bisect.bisect_right(jobs, after, key=lambda job: job.ordinal)
+        page: list[JobRecord] = []
+        for job in jobs[start:]:
+            if statuses is not None and job.status not in statuses:
+                continue
+            if agent is not None and job.agent != agent and job.agent_name != agent:
+                continue
+            if created_after is not None and job.created_at <= created_after:
+                continue
+            if len(page) == limit:
+                return page, str(page[-1].ordinal)
+            page.append(job)
+        return page, None
+

@@ -1,0 +1,137 @@
+"""Session bookkeeping that needs no I/O: features, dialect, heartbeats, resume window.
+
+Theory of operation
+-------------------
+A *session* is logical: it is created by a welcome and lives until its resume
+window runs out while no connection is attached (§6.3, §6.7). A *connection* is
+one transport attach. This module holds the parts of both that are pure
+functions of their inputs and of ``now`` (Trio time, passed in), so they can be
+driven synchronously by hypothesis:
+
+* ``negotiate_features``: §6.2 intersection, in the runtime's order.
+* ``Dialect``: which frame shapes a session gets where the reference SDK and the
+  spec disagree (WIRE.md "Decisions").
+* ``HeartbeatMonitor``: §6.4 liveness. Any inbound frame counts; after one quiet
+  interval we ping (so an idle peer has something to answer), after two we declare
+  the connection dead. Death ends only the connection, never a job (§6.4).
+* ``ResumeWindow``: when a detached session may be forgotten.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Iterable, Sequence
+
+import attrs
+
+__all__ = [
+    "ALL_FEATURES",
+    "SPEC_SHAPES_FEATURE",
+    "Dialect",
+    "HeartbeatAction",
+    "HeartbeatMonitor",
+    "ResumeWindow",
+    "negotiate_features",
+]
+
+#: The feature a client lists to receive the spec's exact frame shapes (WIRE.md).
+SPEC_SHAPES_FEATURE = "x-vendor.arcp-trio.spec-shapes"
+
+#: Features this runtime implements, in the order it advertises them (§6.2).
+ALL_FEATURES: tuple[str, ...] = (
+    "heartbeat",
+    "ack",
+    "list_jobs",
+    "subscribe",
+    "lease_expires_at",
+    "cost.budget",
+    "progress",
+    "result_chunk",
+    "agent_versions",
+    SPEC_SHAPES_FEATURE,
+)
+
+
+def negotiate_features(ours: Sequence[str], theirs: Iterable[str]) -> frozenset[str]:
+    """§6.2: "The effective feature set is the intersection"."""
+    wanted = set(theirs)
+    return frozenset(feature for feature in ours if feature in wanted)
+
+
+class Dialect(enum.Enum):
+    """Frame shapes for the points where the reference SDK and the spec conflict.
+
+    ``REFERENCE``: what the reference 1.1.3 client parses — ``job.result
+    cancelled``/``timed_out`` terminals, ``"USD:1.00"`` budget strings, integer
+    ``replayed``. ``SPEC``: §7.1/§7.3/§7.4/§7.6 exactly. A session is ``SPEC`` when it
+    negotiates ``SPEC_SHAPES_FEATURE`` or speaks a spec-only message
+    (``session.resume``, ``session.close``).
+    """
+
+    REFERENCE = "reference"
+    SPEC = "spec"
+
+    @classmethod
+    def for_features(cls, features: frozenset[str]) -> Dialect:
+        return cls.SPEC if SPEC_SHAPES_FEATURE in features else cls.REFERENCE
+
+
+class HeartbeatAction(enum.Enum):
+    NONE = "none"
+    SEND_PING = "send_ping"
+    DEAD = "dead"
+
+
+@attrs.define
+class HeartbeatMonitor:
+    """§6.4 liveness for one connection, driven by ``now`` (Trio seconds).
+
+    ``interval`` is ``heartbeat_interval_sec``. Call ``received(now)`` for every
+    inbound frame and ``poll(now)`` when ``next_wakeup()`` arrives.
+    """
+
+    interval: float
+    last_received: float
+    last_ping_sent: float = -math.inf
+
+    def received(self, now: float) -> None:
+        self.last_received = now
+
+    def poll(self, now: float) -> HeartbeatAction:
+        quiet = now - self.last_received
+        # §6.4: "no messages (of any kind) ... for two consecutive intervals".
+        if quiet >= 2 * self.interval:
+            return HeartbeatAction.DEAD
+        # An idle counterpart gets a ping to answer, once per interval of silence.
+        if quiet >= self.interval and now - self.last_ping_sent >= self.interval:
+            self.last_ping_sent = now
+            return HeartbeatAction.SEND_PING
+        return HeartbeatAction.NONE
+
+    def next_wakeup(self) -> float:
+        """The earliest Trio time at which ``poll`` may return something new."""
+        ping_due = max(self.last_received, self.last_ping_sent) + self.interval
+        return min(ping_due, self.last_received + 2 * self.interval)
+
+
+@attrs.define
+class ResumeWindow:
+    """When a detached session may be forgotten (§6.3)."""
+
+    window_sec: float
+    detached_at: float | None = None
+
+    def detach(self, now: float) -> None:
+        self.detached_at = now
+
+    def attach(self) -> None:
+        self.detached_at = None
+
+    @property
+    def deadline(self) -> float | None:
+        return None if self.detached_at is None else self.detached_at + self.window_sec
+
+    def expired(self, now: float) -> bool:
+        deadline = self.deadline
+        return deadline is not None and now >= deadline

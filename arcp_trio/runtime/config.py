@@ -1,0 +1,59 @@
+"""Runtime settings, with the defaults `arcp-trio serve` uses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+__all__ = ["RuntimeConfig"]
+
+_MIB = 1 << 20
+
+
+def _positive(_inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
+    if value <= 0:
+        raise ValueError(f"{attr.name} must be > 0, got {value}")
+
+
+def _at_most_mib(_inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
+    # §14: "Runtimes SHOULD cap individual chunk size (e.g., 1 MB)".
+    if not 1 <= value <= _MIB:
+        raise ValueError(f"{attr.name} must be between 1 and {_MIB}")
+
+
+@attrs.frozen(kw_only=True)
+class RuntimeConfig:
+    """Tunable limits and timings. All durations are seconds of Trio time.
+
+    Attributes:
+        heartbeat_interval_sec: §6.4 interval advertised in the welcome (an integer on
+            the wire, so this is an ``int``).
+        resume_window_sec: how long a detached session stays resumable (§6.3).
+        max_buffered_events: per-session cap on unacknowledged events; beyond it the
+            oldest are evicted and the client is told (§6.5).
+        job_history_limit: events kept per job for subscribe-with-history (§7.6).
+        backpressure_high_water: frames queued on a live connection before emitting
+            agents wait for the writer to catch up.
+        max_message_size: largest inbound frame, in bytes.
+        result_chunk_bytes: largest ``result_chunk`` data piece; larger writes are split.
+        max_result_bytes: cap on one streamed result's total size (§14).
+        handshake_timeout_sec: how long a new connection may take to say hello.
+        shutdown_grace_sec: how long running jobs get to finish on shutdown before
+            they are cancelled with a terminal.
+        max_concurrent_jobs: jobs beyond this wait as ``pending`` (None: no limit).
+    """
+
+    runtime_name: str = "arcp-trio"
+    runtime_version: str = "0.1.0"
+    heartbeat_interval_sec: int = attrs.field(default=30, validator=_positive)
+    resume_window_sec: int = attrs.field(default=600, validator=_positive)
+    max_buffered_events: int = attrs.field(default=100_000, validator=_positive)
+    job_history_limit: int = attrs.field(default=100_000, validator=_positive)
+    backpressure_high_water: int = attrs.field(default=1024, validator=_positive)
+    max_message_size: int = attrs.field(default=_MIB, validator=_positive)
+    result_chunk_bytes: int = attrs.field(default=256 * 1024, validator=_at_most_mib)
+    max_result_bytes: int = attrs.field(default=256 * _MIB, validator=_positive)
+    handshake_timeout_sec: float = attrs.field(default=10.0, validator=_positive)
+    shutdown_grace_sec: float = attrs.field(default=5.0, validator=attrs.validators.ge(0))
+    max_concurrent_jobs: int | None = None

@@ -1,0 +1,1069 @@
+"""The runtime: owner of every job and every session (DESIGN.md, "the one rule").
+
+Theory of operation
+-------------------
+``open_runtime`` opens two nurseries and hands back a ``Runtime``::
+
+    job_nursery                 every job's task; only ``_start_job`` starts tasks here
+      └─ session_nursery        resume-window timers
+    (connections run wherever their transport server runs them, each in its own
+     conn_nursery; see connection.py)
+
+A job runs in ``job_nursery`` inside its own ``CancelScope``, which only the
+runtime holds. It ends by returning or raising, by ``job.cancel`` from the
+submitting session (§7.4), by ``max_runtime_sec`` (the scope's deadline, §7.3), or
+by runtime shutdown. Before cancelling, the runtime records *why* in the job's
+``ending``, so the terminal says cancelled, not timed out.
+
+A session holds job ids. When a job emits, ``_route`` stamps the frame into each
+watching session's buffer (``Session.deliver``), synchronously, then the agent's
+``await`` gives the connections' send tasks their turn. Every handler is
+synchronous between checkpoints, which is what makes idempotency atomic across
+sessions and the history→live boundary of a subscription exactly-once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import attrs
+import trio
+
+from ..protocol.eventlog import EventBuffer, OverflowNotice
+from ..protocol.job import HistoryEntry, JobRecord, JobStatus, JobTable, Terminal, fingerprint
+from ..protocol.leases import Budget, Lease, parse_lease
+from ..protocol.session import ALL_FEATURES, Dialect, ResumeWindow, negotiate_features
+from ..transport.base import MessageTooLarge, Transport, TransportError
+from ..wire.codec import Envelope, decode, dumps, encode, unstructure_payload
+from ..wire.errors import (
+    ARCPError,
+    ErrorCode,
+    InternalError,
+    InvalidRequest,
+    JobNotFound,
+    PermissionDenied,
+    RemoteProtocolError,
+    ResumeWindowExpired,
+    Unauthenticated,
+)
+from ..wire.ids import new_id, new_ulid
+from ..wire.messages import (
+    Capabilities,
+    JobCancel,
+    JobCancelled,
+    JobSubmit,
+    JobSubscribe,
+    JobSubscribed,
+    JobSummary,
+    JobUnsubscribe,
+    MessageType,
+    ResumeRequest,
+    RuntimeInfo,
+    SessionAck,
+    SessionClosed,
+    SessionError,
+    SessionHello,
+    SessionListJobs,
+    SessionPing,
+    SessionPong,
+    SessionResume,
+    SessionWelcome,
+)
+from ..wire.timestamps import WallClock, format_timestamp, parse_timestamp, system_wall_clock
+from .agents import Agent, AgentRegistry
+from .auth import BearerAuth
+from .config import RuntimeConfig
+from .connection import Connection
+from .context import JobContext
+from .session import Session, hash_token
+
+__all__ = ["ObservePolicy", "Runtime", "RuntimeStatistics", "open_runtime", "same_principal"]
+
+log = logging.getLogger(__name__)
+
+
+@attrs.frozen
+class RuntimeStatistics:
+    sessions: int
+    attached_sessions: int
+    jobs_total: int
+    jobs_active: int
+    buffered_events: int
+
+
+@attrs.define(eq=False)
+class _LiveJob:
+    """Runtime-side state of a job that may still run (never exposed to sessions)."""
+
+    scope: trio.CancelScope | None = None
+    deadline: float = math.inf
+    #: Why the runtime is ending the job (set before the scope is cancelled).
+    ending: Terminal | None = None
+    stream_result_id: str | None = None
+    stream_open: bool = False
+    stream_size: int | None = None
+    stream_summary: str | None = None
+    done: trio.Event = attrs.field(factory=trio.Event)
+
+
+#: Who may observe a job: ``(observer principal, job) -> bool``. §14: the default
+#: is "same principal only".
+ObservePolicy = Callable[[str, JobRecord], bool]
+
+
+def same_principal(principal: str, job: JobRecord) -> bool:
+    return principal == job.principal
+
+
+class Runtime:
+    """Hosts jobs and sessions. Build one with ``open_runtime``."""
+
+    def __init__(
+        self,
+        *,
+        agents: AgentRegistry,
+        auth: BearerAuth,
+        config: RuntimeConfig,
+        wall_clock: WallClock,
+        observe_policy: ObservePolicy,
+        job_nursery: trio.Nursery,
+        session_nursery: trio.Nursery,
+    ) -> None:
+        self.agents = agents
+        self.config = config
+        self._auth = auth
+        self._wall_clock = wall_clock
+        self._observe_policy = observe_policy
+        self._job_nursery = job_nursery
+        self._session_nursery = session_nursery
+        self.jobs = JobTable()
+        self._live: dict[str, _LiveJob] = {}
+        self._sessions: dict[str, Session] = {}
+        self._connections: set[Connection] = set()
+        self._limiter = (
+            trio.CapacityLimiter(config.max_concurrent_jobs)
+            if config.max_concurrent_jobs is not None
+            else None
+        )
+        self._closing = False
+        self._shutdown_done = trio.Event()
+        self._dispatch_table: dict[str, Callable[[Connection, Envelope], None]] = {
+            MessageType.SESSION_HELLO: self._on_second_hello,
+            MessageType.SESSION_RESUME: self._on_late_resume,
+            MessageType.SESSION_PING: self._on_ping,
+            MessageType.SESSION_PONG: self._on_pong,
+            MessageType.SESSION_ACK: self._on_ack,
+            MessageType.SESSION_LIST_JOBS: self._on_list_jobs,
+            MessageType.SESSION_CLOSE: self._on_close,
+            MessageType.SESSION_BYE: self._on_close,
+            MessageType.JOB_SUBMIT: self._on_submit,
+            MessageType.JOB_CANCEL: self._on_cancel,
+            MessageType.JOB_SUBSCRIBE: self._on_subscribe,
+            MessageType.JOB_UNSUBSCRIBE: self._on_unsubscribe,
+        }
+
+    # == public surface ===================================================================
+
+    def statistics(self) -> RuntimeStatistics:
+        return RuntimeStatistics(
+            sessions=len(self._sessions),
+            attached_sessions=sum(1 for s in self._sessions.values() if s.connection is not None),
+            jobs_total=len(self.jobs),
+            jobs_active=sum(1 for live in self._live.values() if not live.done.is_set()),
+            buffered_events=sum(len(s.buffer) for s in self._sessions.values()),
+        )
+
+    def session(self, session_id: str) -> Session | None:
+        """The live session record (for tests and introspection)."""
+        return self._sessions.get(session_id)
+
+    async def wait_job_done(self, job_id: str) -> JobRecord:
+        """Wait until the job has reached a terminal state.
+
+        Raises:
+            JobNotFound: no such job.
+
+        Cancellation: safe; nothing changes.
+        """
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise JobNotFound(f"job {job_id!r} not found")
+        live = self._live.get(job_id)
+        if live is not None:
+            await live.done.wait()
+        else:
+            await trio.lowlevel.checkpoint()
+        return job
+
+    async def handle_transport(self, transport: Transport) -> None:
+        """Serve one connection: handshake, then the session until the transport ends.
+
+        Never raises for anything the peer does; the transport is closed on return.
+        """
+        try:
+            connection = await self._handshake(transport)
+            if connection is None:
+                return
+            self._connections.add(connection)
+            try:
+                await connection.run()
+            finally:
+                self._connections.discard(connection)
+                self._detach(connection)
+        finally:
+            with trio.move_on_after(5, shield=True):
+                await transport.aclose()
+
+    async def shutdown(self) -> None:
+        """Stop accepting, give jobs a bounded grace, then end them with a terminal.
+
+        Idempotent. Watchers receive every terminal: connections are flushed (for a
+        bounded time) before they are closed.
+
+        Cancellation: shielded internally and bounded by the configured grace plus a
+        few seconds.
+        """
+        if self._closing:
+            await self._shutdown_done.wait()
+            return
+        self._closing = True
+        with trio.CancelScope(shield=True):
+            grace = self.config.shutdown_grace_sec
+            with trio.move_on_after(grace):
+                for live in list(self._live.values()):
+                    await live.done.wait()
+            for job_id, live in list(self._live.items()):
+                if live.done.is_set():
+                    continue
+                if live.ending is None:
+                    live.ending = Terminal(
+                        status=JobStatus.ERROR,
+                        completed_at="",
+                        code=ErrorCode.INTERNAL_ERROR,
+                        message="runtime shutting down",
+                        retryable=True,
+                    )
+                log.info("cancelling job on shutdown job_id=%s", job_id)
+                if live.scope is not None:
+                    live.scope.cancel()
+            with trio.move_on_after(5):
+                for live in list(self._live.values()):
+                    await live.done.wait()
+            for connection in list(self._connections):
+                connection.close_after_flush("runtime shutting down")
+            with trio.move_on_after(2):
+                while self._connections:
+                    await trio.sleep(0.01)
+            for connection in list(self._connections):
+                connection.abort("runtime shutting down")
+            self._session_nursery.cancel_scope.cancel()
+        self._shutdown_done.set()
+
+    # == handshake (§6.1–§6.3) ============================================================
+
+    async def _handshake(self, transport: Transport) -> Connection | None:
+        if self._closing:
+            await self._refuse(transport, InternalError("runtime is shutting down"), None)
+            return None
+        text: str | None = None
+        with trio.move_on_after(self.config.handshake_timeout_sec):
+            try:
+                text = await transport.receive_message()
+            except MessageTooLarge as exc:
+                await self._refuse(
+                    transport, InvalidRequest(f"hello frame exceeds {exc.limit} bytes"), None
+                )
+                return None
+            except TransportError:
+                return None
+        if text is None:
+            log.info("handshake timed out peer=%s", transport.description)
+            return None
+        try:
+            envelope = decode(text)
+        except RemoteProtocolError as exc:
+            await self._refuse(transport, exc, exc.request_id)
+            return None
+        try:
+            if envelope.type == MessageType.SESSION_HELLO:
+                return self._hello(transport, envelope)
+            if envelope.type == MessageType.SESSION_RESUME:
+                return self._resume_frame(transport, envelope)
+            raise InvalidRequest(
+                f"the first frame must be session.hello, got {envelope.type!r}"
+            )
+        except ARCPError as exc:
+            await self._refuse(transport, exc, envelope.id)
+            return None
+
+    async def _refuse(self, transport: Transport, error: ARCPError, request_id: str | None) -> None:
+        """Answer a failed handshake, then let the caller close the transport."""
+        frame = Envelope(
+            type=MessageType.SESSION_ERROR,
+            id=new_ulid(),
+            payload=SessionError(
+                code=str(error.code),
+                message=error.message,
+                retryable=error.retryable,
+                details=error.details,
+                request_id=request_id,
+            ),
+        )
+        with trio.move_on_after(5):
+            try:
+                await transport.send_message(encode(frame))
+            except TransportError:
+                pass
+
+    def _authenticate(self, scheme: str, token: str) -> str:
+        principal = self._auth.authenticate(token) if scheme.lower() == "bearer" else None
+        if principal is None:
+            raise Unauthenticated("invalid bearer token")
+        return principal
+
+    def _hello(self, transport: Transport, envelope: Envelope) -> Connection:
+        hello: SessionHello = envelope.payload
+        principal = self._authenticate(hello.auth.scheme, hello.auth.token)
+        features = negotiate_features(ALL_FEATURES, hello.capabilities.features)
+        resume = hello.resume_request()
+        if resume is not None:
+            return self._resume(
+                transport, principal, features, Dialect.for_features(features), resume
+            )
+        session = Session(
+            session_id=new_id("sess"),
+            principal=principal,
+            features=features,
+            dialect=Dialect.for_features(features),
+            buffer=EventBuffer(max_events=self.config.max_buffered_events),
+            window=ResumeWindow(window_sec=self.config.resume_window_sec),
+            client_name=hello.client.name,
+        )
+        self._sessions[session.session_id] = session
+        log.info(
+            "session opened session_id=%s principal=%s client=%s",
+            session.session_id,
+            principal,
+            hello.client.name,
+        )
+        return self._attach(transport, session, replay=[])
+
+    def _resume_frame(self, transport: Transport, envelope: Envelope) -> Connection:
+        """§6.3's ``session.resume`` as the first frame of a connection."""
+        resume: SessionResume = envelope.payload
+        session = self._find_resumable(resume.session_id, resume.resume_token)
+        principal = session.principal
+        if resume.auth is not None:
+            principal = self._authenticate(resume.auth.scheme, resume.auth.token)
+        request = ResumeRequest(
+            resume_token=resume.resume_token,
+            session_id=session.session_id,
+            last_event_seq=resume.last_event_seq,
+        )
+        # A spec-only message is a signal for spec shapes (WIRE.md "Decisions").
+        return self._resume(transport, principal, session.features, Dialect.SPEC, request)
+
+    def _find_resumable(self, session_id: str | None, token: str | None) -> Session:
+        if token is None:
+            raise InvalidRequest("resume requires a resume_token")
+        session: Session | None = None
+        if session_id is not None:
+            session = self._sessions.get(session_id)
+        else:
+            wanted = hash_token(token)
+            session = next((s for s in self._sessions.values() if s.token_hash == wanted), None)
+        if session is None:
+            # Unknown and forgotten sessions look the same: the window is over.
+            raise ResumeWindowExpired(
+                "no resumable session: its resume window has ended or it never existed"
+            )
+        return session
+
+    def _resume(
+        self,
+        transport: Transport,
+        principal: str,
+        features: frozenset[str],
+        dialect: Dialect,
+        request: ResumeRequest,
+    ) -> Connection:
+        session = self._find_resumable(request.session_id, request.presented_token)
+        # A wrong token or principal is refused without touching the session, so the
+        # rightful client can still resume (WIRE.md "Decisions").
+        token = request.presented_token or ""
+        if not session.token_matches(token) or session.principal != principal:
+            raise PermissionDenied("resume token or principal does not match the session")
+        if session.window.expired(trio.current_time()):
+            raise ResumeWindowExpired("the session's resume window has ended")
+        # §6.3: RESUME_WINDOW_EXPIRED "if the buffer no longer covers last_event_seq".
+        replay = session.buffer.replay_after(request.last_event_seq)
+        if session.connection is not None:
+            # The old connection is half-open or slow to notice; the token holder wins.
+            session.connection.abort("superseded by a resume")
+            session.connection = None
+        session.features = features
+        session.dialect = dialect
+        log.info(
+            "session resumed session_id=%s last_event_seq=%s replay=%s",
+            session.session_id,
+            request.last_event_seq,
+            len(replay),
+        )
+        return self._attach(transport, session, replay=[event.frame for event in replay])
+
+    def _attach(self, transport: Transport, session: Session, *, replay: list[str]) -> Connection:
+        """Welcome, replay and go live, with no checkpoint in between (no gap, no dup)."""
+        heartbeat = (
+            self.config.heartbeat_interval_sec if "heartbeat" in session.features else None
+        )
+        connection = Connection(
+            session=session,
+            transport=transport,
+            dispatch=self._dispatch,
+            heartbeat_interval=heartbeat,
+            high_water=self.config.backpressure_high_water,
+            format_ping_time=lambda: format_timestamp(self._wall_clock()),
+        )
+        token = session.rotate_token()
+        agents: list[Any]
+        if "agent_versions" in session.features:
+            agents = [unstructure_payload(info) for info in self.agents.inventory()]
+        else:
+            agents = self.agents.names()
+        connection.reply(
+            MessageType.SESSION_WELCOME,
+            SessionWelcome(
+                runtime=RuntimeInfo(
+                    name=self.config.runtime_name, version=self.config.runtime_version
+                ),
+                session_id=session.session_id,
+                resume_token=token,
+                resume_window_sec=self.config.resume_window_sec,
+                heartbeat_interval_sec=heartbeat,
+                capabilities=Capabilities(
+                    encodings=["json"], features=list(ALL_FEATURES), agents=agents
+                ),
+                accepted_at=format_timestamp(self._wall_clock()),
+            ),
+        )
+        for frame in replay:
+            connection.enqueue(frame)
+        session.connection = connection
+        session.window.attach()
+        return connection
+
+    def _detach(self, connection: Connection) -> None:
+        session = connection.session
+        if session.connection is not connection:
+            return
+        session.connection = None
+        now = trio.current_time()
+        session.window.detach(now)
+        session.detach_generation += 1
+        log.info(
+            "session detached session_id=%s reason=%s resumable_for=%s",
+            session.session_id,
+            connection.close_reason,
+            self.config.resume_window_sec,
+        )
+        if not self._closing:
+            self._session_nursery.start_soon(
+                self._expire_later, session, session.detach_generation
+            )
+
+    async def _expire_later(self, session: Session, generation: int) -> None:
+        deadline = session.window.deadline
+        assert deadline is not None
+        await trio.sleep_until(deadline)
+        if session.detach_generation != generation or session.connection is not None:
+            return
+        self._forget(session)
+
+    def _forget(self, session: Session) -> None:
+        """The resume window ended: drop the session. Its jobs keep running."""
+        session.forgotten = True
+        self._sessions.pop(session.session_id, None)
+        for job_id in session.watching:
+            job = self.jobs.get(job_id)
+            if job is not None:
+                job.watchers.discard(session.session_id)
+        log.info("session expired session_id=%s", session.session_id)
+
+    # == dispatch =========================================================================
+
+    async def _dispatch(self, connection: Connection, envelope: Envelope) -> None:
+        handler = self._dispatch_table.get(envelope.type)
+        if handler is None:
+            raise InvalidRequest(f"{envelope.type} is sent by runtimes, not clients")
+        handler(connection, envelope)
+        await trio.lowlevel.checkpoint()
+
+    def _require(self, session: Session, feature: str) -> None:
+        # §6.2: "Either peer MUST NOT use a feature outside that intersection."
+        if feature not in session.features:
+            raise InvalidRequest(f"feature {feature!r} not negotiated")
+
+    def _visible_job(self, session: Session, job_id: str) -> JobRecord:
+        """The job, if this session's principal may know it exists (§6.6, §14)."""
+        job = self.jobs.get(job_id)
+        if job is None or not self._observe_policy(session.principal, job):
+            raise JobNotFound(f"job {job_id!r} not found")
+        return job
+
+    def _on_second_hello(self, connection: Connection, envelope: Envelope) -> None:
+        raise InvalidRequest("session already established on this connection")
+
+    def _on_late_resume(self, connection: Connection, envelope: Envelope) -> None:
+        raise InvalidRequest("session.resume must be the first frame of a new connection")
+
+    def _on_ping(self, connection: Connection, envelope: Envelope) -> None:
+        ping: SessionPing = envelope.payload
+        connection.reply(
+            MessageType.SESSION_PONG,
+            SessionPong(ping_nonce=ping.nonce, received_at=format_timestamp(self._wall_clock())),
+        )
+
+    def _on_pong(self, connection: Connection, envelope: Envelope) -> None:
+        """Liveness was already noted when the frame arrived (§6.4)."""
+
+    def _on_ack(self, connection: Connection, envelope: Envelope) -> None:
+        ack: SessionAck = envelope.payload
+        session = connection.session
+        if "ack" not in session.features:
+            log.debug("ack ignored (not negotiated) session_id=%s", session.session_id)
+            return
+        session.buffer.ack(ack.last_processed_seq)
+
+    def _on_close(self, connection: Connection, envelope: Envelope) -> None:
+        """§6.7: acknowledge, flush, close the transport; jobs and session live on."""
+        reason = getattr(envelope.payload, "reason", None)
+        if envelope.type == MessageType.SESSION_CLOSE:
+            connection.session.dialect = Dialect.SPEC
+        connection.reply(
+            MessageType.SESSION_CLOSED, SessionClosed(reason=reason, request_id=envelope.id)
+        )
+        connection.close_after_flush(f"closed by client ({reason or 'no reason'})")
+
+    # -- list_jobs (§6.6) ------------------------------------------------------------------
+
+    def _on_list_jobs(self, connection: Connection, envelope: Envelope) -> None:
+        session = connection.session
+        self._require(session, "list_jobs")
+        request: SessionListJobs = envelope.payload
+        filter_ = request.filter
+        created_after: datetime | None = None
+        if filter_ is not None and filter_.created_after is not None:
+            try:
+                created_after = parse_timestamp(filter_.created_after)
+            except ValueError as exc:
+                raise InvalidRequest(str(exc)) from None
+        jobs, next_cursor = self.jobs.list_for(
+            session.principal,
+            statuses=frozenset(filter_.status) if filter_ and filter_.status is not None else None,
+            agent=filter_.agent if filter_ else None,
+            created_after=created_after,
+            limit=request.limit or 100,
+            cursor=request.cursor,
+        )
+        summaries = [
+            JobSummary(
+                job_id=job.job_id,
+                agent=job.agent,
+                status=str(job.status),
+                submitted_at=job.accepted_at,
+                created_at=job.accepted_at,
+                lease=job.lease.as_wire(),
+                lease_constraints=job.lease_constraints,
+                parent_job_id=job.parent_job_id,
+                trace_id=job.trace_id,
+                last_event_seq=job.last_event_index,
+            )
+            for job in jobs
+        ]
+        connection.reply(
+            MessageType.SESSION_JOBS,
+            {
+                "request_id": envelope.id,
+                "jobs": [unstructure_payload(summary) for summary in summaries],
+                **({"next_cursor": next_cursor} if next_cursor is not None else {}),
+            },
+        )
+
+    # -- submit (§7.1, §7.2, §7.5) -----------------------------------------------------------
+
+    def _on_submit(self, connection: Connection, envelope: Envelope) -> None:
+        if self._closing:
+            raise InternalError("runtime is shutting down")
+        submit: JobSubmit = envelope.payload
+        session = connection.session
+        print_: str | None = None
+        if submit.idempotency_key is not None:
+            print_ = fingerprint(unstructure_payload(submit))
+            existing = self.jobs.find_idempotent(session.principal, submit.idempotency_key, print_)
+            if existing is not None:
+                self._replay_submit(connection, existing, envelope.id)
+                return
+        resolved = self.agents.resolve(submit.agent)
+        lease = parse_lease(submit.lease_request)
+        constraints: dict[str, Any] | None = None
+        if submit.lease_constraints is not None and submit.lease_constraints.expires_at is not None:
+            expires_text = submit.lease_constraints.expires_at
+            try:
+                expires_at = parse_timestamp(expires_text, require_utc=True)
+            except ValueError as exc:
+                raise InvalidRequest(f"lease_constraints.expires_at: {exc}") from None
+            # §9.5: "MUST be in the future at submission time".
+            if expires_at <= self._wall_clock():
+                raise InvalidRequest("lease_constraints.expires_at must be in the future")
+            lease = attrs.evolve(lease, expires_at=expires_at)
+            constraints = {"expires_at": expires_text}
+        budget = (
+            Budget.from_patterns(lease.grants["cost.budget"])
+            if "cost.budget" in lease.grants
+            else None
+        )
+        now = self._wall_clock()
+        job = JobRecord(
+            job_id=new_id("job"),
+            ordinal=self.jobs.next_ordinal(),
+            principal=session.principal,
+            session_id=session.session_id,
+            agent_name=resolved.name,
+            agent_version=resolved.version,
+            lease=lease,
+            lease_constraints=constraints,
+            budget=budget,
+            trace_id=envelope.trace_id,
+            parent_job_id=submit.parent_job_id,
+            delegate_id=submit.delegate_id,
+            created_at=now,
+            accepted_at=format_timestamp(now),
+            idempotency_key=submit.idempotency_key,
+            history_limit=self.config.job_history_limit,
+        )
+        live = _LiveJob()
+        if submit.max_runtime_sec is not None:
+            live.deadline = trio.current_time() + submit.max_runtime_sec
+        self.jobs.add(job, fingerprint_=print_)
+        self._live[job.job_id] = live
+        job.watchers.add(session.session_id)
+        session.submitted.add(job.job_id)
+        self._send_accepted(connection, job, envelope.id)
+        log.info(
+            "job accepted job_id=%s agent=%s session_id=%s",
+            job.job_id,
+            job.agent,
+            session.session_id,
+        )
+        self._job_nursery.start_soon(self._run_job, job, resolved.function, submit.input)
+
+    def _send_accepted(self, connection: Connection, job: JobRecord, request_id: str) -> None:
+        payload: dict[str, Any] = {
+            "job_id": job.job_id,
+            "agent": job.agent,
+            "accepted_at": job.accepted_at,
+            "lease": job.lease.as_wire(),
+            "request_id": request_id,
+        }
+        if job.lease_constraints is not None:
+            payload["lease_constraints"] = job.lease_constraints
+        if job.budget is not None:
+            # §7.1 "initial budget counters"; strings for the reference (WIRE.md §17.4).
+            initial = Budget(initial=job.budget.initial, remaining=dict(job.budget.initial))
+            payload["budget"] = (
+                initial.as_numbers()
+                if connection.session.dialect is Dialect.SPEC
+                else initial.as_strings()
+            )
+        for key in ("trace_id", "parent_job_id", "delegate_id"):
+            value = getattr(job, key)
+            if value is not None:
+                payload[key] = value
+        connection.send(
+            Envelope(
+                type=MessageType.JOB_ACCEPTED,
+                id=new_ulid(),
+                session_id=connection.session.session_id,
+                job_id=job.job_id,
+                trace_id=job.trace_id,
+                payload=payload,
+            )
+        )
+
+    def _replay_submit(self, connection: Connection, job: JobRecord, request_id: str) -> None:
+        """§7.2: the same ``job.accepted`` again (and the terminal of a finished job)."""
+        session = connection.session
+        self._send_accepted(connection, job, request_id)
+        if job.terminal is not None:
+            self._deliver_terminal(session, job)
+        elif session.session_id not in job.watchers:
+            job.watchers.add(session.session_id)
+            session.subscribed.add(job.job_id)
+
+    # -- cancel (§7.4) ----------------------------------------------------------------------
+
+    def _on_cancel(self, connection: Connection, envelope: Envelope) -> None:
+        cancel: JobCancel = envelope.payload
+        job_id = envelope.job_id or cancel.job_id
+        if job_id is None:
+            raise InvalidRequest("job.cancel requires job_id (on the envelope or in the payload)")
+        session = connection.session
+        job = self._visible_job(session, job_id)
+        if job.session_id != session.session_id:
+            # §7.4/§7.6: "Cancellation is reserved for the session that submitted the job."
+            raise PermissionDenied("only the session that submitted the job may cancel it")
+        live = self._live[job.job_id]
+        if job.is_terminal or live.ending is not None:
+            return
+        reason = cancel.reason or "cancelled by client"
+        live.ending = Terminal(
+            status=JobStatus.CANCELLED,
+            completed_at="",
+            code=ErrorCode.CANCELLED,
+            message=reason,
+        )
+        connection.reply(
+            MessageType.JOB_CANCELLED,
+            JobCancelled(job_id=job.job_id, reason=reason, request_id=envelope.id),
+            job_id=job.job_id,
+        )
+        log.info("job cancel requested job_id=%s reason=%s", job.job_id, reason)
+        if live.scope is not None:
+            live.scope.cancel()
+
+    # -- subscribe (§7.6) -------------------------------------------------------------------
+
+    def _on_subscribe(self, connection: Connection, envelope: Envelope) -> None:
+        session = connection.session
+        self._require(session, "subscribe")
+        request: JobSubscribe = envelope.payload
+        job = self._visible_job(session, request.job_id)
+        log.info(
+            "subscribe session_id=%s principal=%s job_id=%s owner=%s",
+            session.session_id,
+            session.principal,
+            job.job_id,
+            job.principal,
+        )
+        already = session.session_id in job.watchers
+        entries: list[HistoryEntry] = []
+        missing = 0
+        if request.history and not already:
+            entries, missing = job.history_after(request.from_event_seq or 0)
+        payload = unstructure_payload(
+            JobSubscribed(
+                request_id=envelope.id,
+                job_id=job.job_id,
+                current_status=str(job.status),
+                agent=job.agent,
+                lease=job.lease.as_wire(),
+                lease_constraints=job.lease_constraints,
+                budget=job.budget_wire(session.dialect),
+                parent_job_id=job.parent_job_id,
+                trace_id=job.trace_id,
+                subscribed_from=job.last_event_index,
+                replayed=(bool(entries) if session.dialect is Dialect.SPEC else len(entries)),
+            )
+        )
+        if missing:
+            # Never a silent gap: say how much history is no longer held.
+            payload["history_missing"] = missing
+        connection.reply(MessageType.JOB_SUBSCRIBED, payload, job_id=job.job_id)
+        if already:
+            return
+        for entry in entries:
+            self._deliver_one(
+                session, job, MessageType.JOB_EVENT, entry.frame_id, entry.payload_json
+            )
+        if job.terminal is not None:
+            self._deliver_terminal(session, job)
+        else:
+            job.watchers.add(session.session_id)
+            session.subscribed.add(job.job_id)
+
+    def _on_unsubscribe(self, connection: Connection, envelope: Envelope) -> None:
+        request: JobUnsubscribe = envelope.payload
+        session = connection.session
+        self._require(session, "subscribe")
+        if request.job_id in session.subscribed:
+            session.subscribed.discard(request.job_id)
+            job = self.jobs.get(request.job_id)
+            if job is not None and job.job_id not in session.submitted:
+                job.watchers.discard(session.session_id)
+
+    # == jobs =============================================================================
+
+    async def _run_job(self, job: JobRecord, function: Agent, input_: Any) -> None:
+        live = self._live[job.job_id]
+        terminal: Terminal | None = None
+        try:
+            with trio.CancelScope(deadline=live.deadline) as scope:
+                live.scope = scope
+                if live.ending is not None:
+                    scope.cancel()
+                if self._limiter is not None:
+                    await self._limiter.acquire_on_behalf_of(job.job_id)
+                try:
+                    job.transition(JobStatus.RUNNING)
+                    terminal = await self._invoke(job, live, function, input_)
+                finally:
+                    if self._limiter is not None:
+                        self._limiter.release_on_behalf_of(job.job_id)
+            if live.ending is not None:
+                # A cancel that was acknowledged wins, even over a late return.
+                terminal = live.ending
+            elif terminal is None:
+                terminal = Terminal(
+                    status=JobStatus.TIMED_OUT,
+                    completed_at="",
+                    code=ErrorCode.TIMEOUT,
+                    message="job exceeded max_runtime_sec",
+                )
+        finally:
+            if terminal is None:
+                # Cancelled from outside the runtime's control (the job nursery
+                # itself is going away): still end the job visibly.
+                terminal = live.ending or Terminal(
+                    status=JobStatus.ERROR,
+                    completed_at="",
+                    code=ErrorCode.INTERNAL_ERROR,
+                    message="runtime stopped",
+                    retryable=True,
+                )
+            self._finish(job, live, terminal)
+
+    async def _invoke(
+        self, job: JobRecord, live: _LiveJob, function: Agent, input_: Any
+    ) -> Terminal:
+        """Run the agent; its exceptions stop here and become the terminal."""
+        try:
+            result = await function(input_, JobContext(self, job))
+        except ARCPError as exc:
+            return Terminal(
+                status=JobStatus.ERROR,
+                completed_at="",
+                code=str(exc.code),
+                message=exc.message,
+                retryable=exc.retryable,
+                details=exc.details,
+            )
+        except Exception as exc:
+            log.warning("agent raised job_id=%s agent=%s", job.job_id, job.agent, exc_info=True)
+            return Terminal(
+                status=JobStatus.ERROR,
+                completed_at="",
+                code=ErrorCode.INTERNAL_ERROR,
+                message=f"{type(exc).__name__}: {exc}",
+                retryable=True,
+            )
+        if live.stream_result_id is not None:
+            if live.stream_open or live.stream_size is None:
+                return _internal("agent returned while its result stream was still open")
+            if result is not None:
+                # §8.4: "MUST NOT mix inline result and result_chunk in the same job".
+                return _internal("agent returned an inline result after streaming one")
+            return Terminal(
+                status=JobStatus.SUCCESS,
+                completed_at="",
+                result_id=live.stream_result_id,
+                result_size=live.stream_size,
+                summary=live.stream_summary,
+            )
+        try:
+            dumps(result)
+        except (TypeError, ValueError) as exc:
+            return _internal(f"agent result is not JSON-serialisable: {exc}")
+        return Terminal(status=JobStatus.SUCCESS, completed_at="", result=result)
+
+    def _finish(self, job: JobRecord, live: _LiveJob, terminal: Terminal) -> None:
+        terminal = attrs.evolve(terminal, completed_at=format_timestamp(self._wall_clock()))
+        job.finish(terminal)
+        live.done.set()
+        del self._live[job.job_id]
+        log.info(
+            "job finished job_id=%s status=%s code=%s", job.job_id, terminal.status, terminal.code
+        )
+        frame_id = new_ulid()
+        rendered: dict[Dialect, tuple[MessageType, str]] = {}
+        for session in self._watching_sessions(job):
+            if session.dialect not in rendered:
+                message_type, payload = terminal.render(session.dialect)
+                rendered[session.dialect] = (message_type, dumps(payload))
+            message_type, payload_json = rendered[session.dialect]
+            self._deliver_one(session, job, message_type, frame_id, payload_json)
+        job.terminal_frame_id = frame_id
+
+    def _deliver_terminal(self, session: Session, job: JobRecord) -> None:
+        assert job.terminal is not None
+        message_type, payload = job.terminal.render(session.dialect)
+        self._deliver_one(
+            session, job, message_type, job.terminal_frame_id or new_ulid(), dumps(payload)
+        )
+
+    def _watching_sessions(self, job: JobRecord) -> list[Session]:
+        sessions = []
+        for session_id in list(job.watchers):
+            session = self._sessions.get(session_id)
+            if session is None:
+                job.watchers.discard(session_id)
+            else:
+                sessions.append(session)
+        return sessions
+
+    def _deliver_one(
+        self,
+        session: Session,
+        job: JobRecord,
+        message_type: MessageType,
+        frame_id: str,
+        payload_json: str,
+    ) -> None:
+        notice = session.deliver(
+            message_type,
+            job_id=job.job_id,
+            trace_id=job.trace_id,
+            frame_id=frame_id,
+            payload_json=payload_json,
+        )
+        if notice is not None:
+            self._notify_overflow(session, job, notice)
+
+    def _notify_overflow(self, session: Session, job: JobRecord, notice: OverflowNotice) -> None:
+        """§6.5 back-pressure signal: the buffer cap evicted unacknowledged events."""
+        log.warning(
+            "event buffer overflow session_id=%s evicted_through=%s evicted=%s",
+            session.session_id,
+            notice.evicted_through,
+            notice.evicted_count,
+        )
+        body = {
+            "phase": "back_pressure",
+            "message": (
+                f"{notice.evicted_count} unacknowledged events evicted (through event_seq "
+                f"{notice.evicted_through}); acknowledge events to keep them resumable"
+            ),
+            "evicted_through": notice.evicted_through,
+            "evicted": notice.evicted_count,
+        }
+        payload_json = dumps(
+            {"kind": "status", "ts": format_timestamp(self._wall_clock()), "body": body}
+        )
+        session.deliver(
+            MessageType.JOB_EVENT,
+            job_id=job.job_id,
+            trace_id=job.trace_id,
+            frame_id=new_ulid(),
+            payload_json=payload_json,
+        )
+
+    # == the JobContext's host interface =====================================================
+
+    async def _emit(self, job: JobRecord, kind: str, body: Any) -> None:
+        if job.is_terminal:
+            raise RuntimeError(f"job {job.job_id} has already ended")
+        sessions = self._watching_sessions(job)
+        congested = [
+            s.connection for s in sessions if s.connection is not None and s.connection.congested
+        ]
+        if congested:
+            # Back-pressure: only live connections slow an agent down, never a
+            # detached session (DESIGN.md "The flow of one event").
+            for connection in congested:
+                await connection.wait_writable()
+            sessions = self._watching_sessions(job)
+        else:
+            await trio.lowlevel.checkpoint()
+        frame_id = new_ulid()
+        payload_json = dumps({"kind": kind, "ts": format_timestamp(self._wall_clock()), "body": body})
+        job.record_event(frame_id, kind, payload_json)
+        for session in sessions:
+            self._deliver_one(session, job, MessageType.JOB_EVENT, frame_id, payload_json)
+
+    def _authorize(self, job: JobRecord, namespace: str, target: str) -> None:
+        job.lease.authorize(namespace, target, now=self._wall_clock(), budget=job.budget)
+
+    def _charge(self, job: JobRecord, currency: str, value: Decimal) -> Decimal | None:
+        if job.budget is None:
+            return None
+        return job.budget.charge(currency, value)
+
+    def _begin_stream(self, job: JobRecord, result_id: str) -> None:
+        live = self._live[job.job_id]
+        if live.stream_result_id is not None:
+            raise RuntimeError("a job streams at most one result")
+        live.stream_result_id = result_id
+        live.stream_open = True
+
+    def _end_stream(
+        self, job: JobRecord, result_id: str, size: int, summary: str | None
+    ) -> None:
+        live = self._live[job.job_id]
+        live.stream_open = False
+        live.stream_size = size
+        live.stream_summary = summary
+
+    @property
+    def _result_chunk_bytes(self) -> int:
+        return self.config.result_chunk_bytes
+
+    @property
+    def _max_result_bytes(self) -> int:
+        return self.config.max_result_bytes
+
+
+def _internal(message: str) -> Terminal:
+    return Terminal(
+        status=JobStatus.ERROR,
+        completed_at="",
+        code=ErrorCode.INTERNAL_ERROR,
+        message=message,
+        retryable=True,
+    )
+
+
+@asynccontextmanager
+async def open_runtime(
+    *,
+    agents: AgentRegistry,
+    tokens: Mapping[str, str],
+    config: RuntimeConfig | None = None,
+    wall_clock: WallClock = system_wall_clock,
+    observe_policy: ObservePolicy = same_principal,
+) -> AsyncIterator[Runtime]:
+    """Open a runtime that owns its job nursery; shut it down on exit.
+
+    Args:
+        agents: the agents it hosts.
+        tokens: bearer token → principal (§6.1).
+        config: limits and timings (``RuntimeConfig()`` defaults).
+        wall_clock: source of wire timestamps and lease expiry; tests pass one tied
+            to Trio's clock.
+        observe_policy: who may list/subscribe to whose jobs (§14: same principal by
+            default).
+
+    On exit (normal or not) the runtime stops accepting, gives running jobs
+    ``shutdown_grace_sec`` to finish, then cancels them with a terminal that every
+    watcher receives.
+    """
+    async with trio.open_nursery() as job_nursery:
+        async with trio.open_nursery() as session_nursery:
+            runtime = Runtime(
+                agents=agents,
+                auth=BearerAuth(tokens),
+                config=config or RuntimeConfig(),
+                wall_clock=wall_clock,
+                observe_policy=observe_policy,
+                job_nursery=job_nursery,
+                session_nursery=session_nursery,
+            )
+            try:
+                yield runtime
+            finally:
+                await runtime.shutdown()
+

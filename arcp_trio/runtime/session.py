@@ -1,0 +1,99 @@
+"""Logical sessions: identity, negotiated features, event buffer, resume token.
+
+A ``Session`` outlives its connections (DESIGN.md): it is created by a welcome,
+survives drops, closes and heartbeat loss, and is forgotten only when its resume
+window ends while detached (§6.3, §6.7). It holds job *ids*, never a job's cancel
+scope, so nothing it does can end a job.
+
+``deliver`` is the per-session half of the flow of one event: stamp the next
+``event_seq``, keep the frame in the buffer for resume, and hand it to the
+attached connection's outbox if there is one. It is synchronous, so the order in
+which the runtime routes events is the order every session sees them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import TYPE_CHECKING
+
+import attrs
+
+from ..protocol.eventlog import EventBuffer, OverflowNotice
+from ..protocol.session import Dialect, ResumeWindow
+from ..wire.codec import encode_job_frame
+from ..wire.ids import new_id
+from ..wire.messages import MessageType
+
+if TYPE_CHECKING:
+    from .connection import Connection
+
+__all__ = ["Session", "hash_token"]
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+@attrs.define(eq=False, kw_only=True)
+class Session:
+    session_id: str
+    principal: str
+    features: frozenset[str]
+    dialect: Dialect
+    buffer: EventBuffer
+    window: ResumeWindow
+    token_hash: str = ""
+    client_name: str = ""
+    connection: Connection | None = None
+    #: Jobs this session submitted: it alone may cancel them (§7.4, §7.6).
+    submitted: set[str] = attrs.field(factory=set)
+    #: Jobs this session subscribed to (§7.6).
+    subscribed: set[str] = attrs.field(factory=set)
+    #: Bumped on every detach, so a stale window timer can tell it is stale.
+    detach_generation: int = 0
+    forgotten: bool = False
+
+    def rotate_token(self) -> str:
+        """§6.3: "The resume token rotates on every successful welcome"."""
+        token = new_id("rtk")
+        self.token_hash = hash_token(token)
+        return token
+
+    def token_matches(self, token: str) -> bool:
+        return hmac.compare_digest(hash_token(token), self.token_hash)
+
+    @property
+    def watching(self) -> set[str]:
+        return self.submitted | self.subscribed
+
+    def deliver(
+        self,
+        message_type: MessageType,
+        *,
+        job_id: str,
+        trace_id: str | None,
+        frame_id: str,
+        payload_json: str,
+    ) -> OverflowNotice | None:
+        """Stamp, buffer and (if attached) queue one seq-bearing frame (§8.3).
+
+        Returns the buffer's overflow notice when this append evicted events the
+        client had not acknowledged, so the caller can tell the client (§6.5).
+        """
+        buffer = self.buffer
+        seq = buffer.next_seq()
+        frame = encode_job_frame(
+            message_type,
+            frame_id=frame_id,
+            session_id=self.session_id,
+            job_id=job_id,
+            event_seq=seq,
+            trace_id=trace_id,
+            payload_json=payload_json,
+        )
+        buffer.append(seq, job_id, frame)
+        connection = self.connection
+        if connection is not None:
+            connection.enqueue(frame)
+        return buffer.take_overflow_notice()

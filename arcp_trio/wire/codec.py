@@ -1,0 +1,251 @@
+"""Envelope codec: JSON text ⇄ ``Envelope`` with a typed payload.
+
+``decode`` is the only way inbound text becomes a message. It checks the envelope
+rules of WIRE.md §2 by hand (they are few, and hot), then structures the payload
+with one strict cattrs converter (no silent ``str(3)`` coercions). Every failure is
+one ``RemoteProtocolError`` (``INVALID_REQUEST``) whose ``details.errors`` lists
+field paths (``$.payload.agent``) and whose ``request_id`` is the offending frame's
+id when it had one. §5: unknown envelope fields and unknown payload keys are
+ignored.
+
+Outbound, ``encode`` serialises an ``Envelope`` compactly, omitting unset (None)
+fields. Job frames (events and terminals) are the hot path and are built by
+``encode_job_frame`` from a payload that is serialised once per event and shared by
+every session that watches the job.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Final
+
+import attrs
+import cattrs
+from cattrs.strategies import configure_union_passthrough
+
+from .errors import RemoteProtocolError
+from .ids import is_envelope_id, is_trace_id
+from .messages import PAYLOAD_TYPES, MessageType
+
+__all__ = [
+    "ARCP_VERSION",
+    "Envelope",
+    "decode",
+    "dumps",
+    "encode",
+    "encode_job_frame",
+    "structure_payload",
+    "unstructure_payload",
+]
+
+ARCP_VERSION: Final = "1.1"
+
+
+@attrs.frozen(kw_only=True)
+class Envelope:
+    """One ARCP frame (§5). ``payload`` is an instance of the type's payload class."""
+
+    type: str
+    id: str
+    payload: Any
+    session_id: str | None = None
+    trace_id: str | None = None
+    job_id: str | None = None
+    event_seq: int | None = None
+    arcp: str = ARCP_VERSION
+
+
+# --- the strict converter -------------------------------------------------------------
+
+
+def _strict(expected: type[Any], name: str) -> Any:
+    def hook(value: Any, _type: Any) -> Any:
+        # bool is an int subclass; JSON true is never an integer here.
+        if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
+            raise TypeError(f"expected {name}, got {type(value).__name__}")
+        return value
+
+    return hook
+
+
+def _strict_float(value: Any, _type: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"expected a number, got {type(value).__name__}")
+    return float(value)
+
+
+def _make_converter() -> cattrs.Converter:
+    converter = cattrs.Converter(detailed_validation=True, forbid_extra_keys=False)
+    converter.register_structure_hook(str, _strict(str, "a string"))
+    converter.register_structure_hook(int, _strict(int, "an integer"))
+    converter.register_structure_hook(bool, _strict(bool, "a boolean"))
+    converter.register_structure_hook(float, _strict_float)
+    configure_union_passthrough(int | bool | str | float | None, converter)
+    return converter
+
+
+_converter: Final = _make_converter()
+
+
+def _format_exception(exc: BaseException, type_: Any) -> str:
+    if isinstance(exc, KeyError):
+        return "required field missing"
+    if isinstance(exc, TypeError | ValueError) and str(exc):
+        return str(exc)
+    return cattrs.v.format_exception(exc, type_)
+
+
+def structure_payload(message_type: str, payload: dict[str, Any]) -> Any:
+    """Structure a payload dict into its message class.
+
+    Raises:
+        RemoteProtocolError: the payload does not fit the type's schema.
+    """
+    cls = PAYLOAD_TYPES[message_type]
+    try:
+        return _converter.structure(payload, cls)
+    except Exception as exc:
+        errors = cattrs.transform_error(exc, path="$.payload", format_exception=_format_exception)
+        raise RemoteProtocolError(
+            f"invalid {message_type} payload: {'; '.join(errors)}",
+            details={"errors": errors},
+        ) from None
+
+
+def unstructure_payload(payload: Any) -> dict[str, Any]:
+    """A payload instance as a JSON-ready dict, unset (None) fields omitted."""
+    result: dict[str, Any] = attrs.asdict(
+        payload, recurse=True, filter=lambda _attr, value: value is not None
+    )
+    return result
+
+
+# --- decode -----------------------------------------------------------------------------
+
+_ENVELOPE_STRINGS: Final = ("session_id", "job_id")
+
+
+def decode(text: str | bytes) -> Envelope:
+    """Parse one inbound frame.
+
+    Raises:
+        RemoteProtocolError: ``INVALID_REQUEST`` for anything that is not a valid
+            ARCP envelope of a known type; ``.request_id`` is the frame's ``id`` when
+            it had a string one, so the reply can be correlated.
+    """
+    try:
+        data = json.loads(text)
+    except (ValueError, UnicodeDecodeError):
+        raise RemoteProtocolError("frame is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise RemoteProtocolError(f"frame must be a JSON object, got {type(data).__name__}")
+
+    raw_id = data.get("id")
+    request_id = raw_id if isinstance(raw_id, str) else None
+    errors: list[str] = []
+
+    version = data.get("arcp", ARCP_VERSION)
+    if version != ARCP_VERSION:
+        errors.append(f"unsupported arcp version {version!r} @ $.arcp")
+    if raw_id is None:
+        errors.append("required field missing @ $.id")
+    elif request_id is None or not is_envelope_id(request_id):
+        errors.append("id must be a ULID, a lowercase UUIDv7 or prefix_ULID @ $.id")
+    message_type = data.get("type")
+    if message_type is None:
+        errors.append("required field missing @ $.type")
+    elif not isinstance(message_type, str):
+        errors.append("expected a string @ $.type")
+    for name in _ENVELOPE_STRINGS:
+        value = data.get(name)
+        if value is not None and not isinstance(value, str):
+            errors.append(f"expected a string @ $.{name}")
+    trace_id = data.get("trace_id")
+    if trace_id is not None and not (isinstance(trace_id, str) and is_trace_id(trace_id)):
+        errors.append("trace_id must be 32 lowercase hex characters, not all zeros @ $.trace_id")
+    event_seq = data.get("event_seq")
+    if event_seq is not None and (
+        isinstance(event_seq, bool) or not isinstance(event_seq, int) or event_seq < 1
+    ):
+        errors.append("event_seq must be an integer >= 1 @ $.event_seq")
+    payload = data.get("payload")
+    if payload is None:
+        payload = {}
+    elif not isinstance(payload, dict):
+        errors.append("payload must be a JSON object @ $.payload")
+    if errors:
+        raise RemoteProtocolError(
+            f"invalid envelope: {'; '.join(errors)}",
+            details={"errors": errors},
+            request_id=request_id,
+        )
+    assert isinstance(message_type, str)
+    if message_type not in PAYLOAD_TYPES:
+        raise RemoteProtocolError(
+            f"unknown envelope type {message_type!r}",
+            details={"errors": [f"unknown type @ $.type"]},
+            request_id=request_id,
+        )
+    try:
+        body = structure_payload(message_type, payload)
+    except RemoteProtocolError as exc:
+        exc.request_id = request_id
+        raise
+    assert isinstance(raw_id, str)
+    return Envelope(
+        type=message_type,
+        id=raw_id,
+        payload=body,
+        session_id=data.get("session_id"),
+        trace_id=trace_id,
+        job_id=data.get("job_id"),
+        event_seq=event_seq,
+    )
+
+
+# --- encode -----------------------------------------------------------------------------
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON, as every ARCP peer sends it."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def encode(envelope: Envelope) -> str:
+    """Serialise an envelope; None-valued fields are omitted (WIRE.md §2)."""
+    frame: dict[str, Any] = {"arcp": envelope.arcp, "id": envelope.id, "type": envelope.type}
+    if envelope.session_id is not None:
+        frame["session_id"] = envelope.session_id
+    if envelope.trace_id is not None:
+        frame["trace_id"] = envelope.trace_id
+    if envelope.job_id is not None:
+        frame["job_id"] = envelope.job_id
+    if envelope.event_seq is not None:
+        frame["event_seq"] = envelope.event_seq
+    payload = envelope.payload
+    frame["payload"] = payload if isinstance(payload, dict) else unstructure_payload(payload)
+    return dumps(frame)
+
+
+def encode_job_frame(
+    message_type: MessageType,
+    *,
+    frame_id: str,
+    session_id: str,
+    job_id: str,
+    event_seq: int,
+    trace_id: str | None,
+    payload_json: str,
+) -> str:
+    """A ``job.event`` / ``job.result`` / ``job.error`` frame from pre-encoded payload.
+
+    The hot path: ``payload_json`` is serialised once per event and spliced into
+    each watching session's frame. All ids here are runtime-minted (no quoting
+    needed beyond ``dumps``), so the result is byte-for-byte what ``encode`` gives.
+    """
+    trace = f',"trace_id":"{trace_id}"' if trace_id is not None else ""
+    return (
+        f'{{"arcp":"1.1","id":"{frame_id}","type":"{message_type}",'
+        f'"session_id":{dumps(session_id)}{trace},"job_id":{dumps(job_id)},'
+        f'"event_seq":{event_seq},"payload":{payload_json}}}'
+    )

@@ -1,0 +1,72 @@
+"""Identifier formats (WIRE.md §2).
+
+Envelope ids are bare ULIDs (26 chars, Crockford base32, uppercase); sessions, jobs,
+results and resume tokens are ``prefix_ULID``; trace ids are 32 lowercase hex chars,
+not all zeros (a bare W3C trace-id, which is what the reference SDK accepts).
+
+Minting reads the system clock for the ULID's millisecond field: ULIDs only need to
+sort roughly by creation, never to agree with Trio's clock, so this is the one place
+outside the wall-clock module that reads ``time``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+
+__all__ = [
+    "is_envelope_id",
+    "is_trace_id",
+    "is_ulid",
+    "new_id",
+    "new_trace_id",
+    "new_ulid",
+]
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_ULID_RE = re.compile(r"[0-7][0-9A-HJKMNP-TV-Z]{25}")
+_PREFIXED_RE = re.compile(r"[a-z]+_[0-7][0-9A-HJKMNP-TV-Z]{25}")
+_UUID7_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+_TRACE_RE = re.compile(r"[0-9a-f]{32}")
+
+
+def new_ulid() -> str:
+    """A fresh ULID: 48-bit milliseconds then 80 random bits, 26 base32 chars."""
+    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
+    chars = []
+    for _ in range(26):
+        chars.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return "".join(reversed(chars))
+
+
+def new_id(prefix: str) -> str:
+    """``prefix_ULID``, e.g. ``new_id("job")`` → ``job_01J...``."""
+    return f"{prefix}_{new_ulid()}"
+
+
+def new_trace_id() -> str:
+    """A random 32-hex W3C trace id (never all zeros)."""
+    while True:
+        trace = os.urandom(16).hex()
+        if trace != "0" * 32:
+            return trace
+
+
+def is_ulid(value: str) -> bool:
+    return _ULID_RE.fullmatch(value) is not None
+
+
+def is_envelope_id(value: str) -> bool:
+    """Accepted envelope ids: ULID, lowercase UUIDv7, or ``prefix_ULID`` (WIRE.md §2)."""
+    return (
+        _ULID_RE.fullmatch(value) is not None
+        or _PREFIXED_RE.fullmatch(value) is not None
+        or _UUID7_RE.fullmatch(value) is not None
+    )
+
+
+def is_trace_id(value: str) -> bool:
+    """32 lowercase hex chars, not all zeros."""
+    return _TRACE_RE.fullmatch(value) is not None and value != "0" * 32

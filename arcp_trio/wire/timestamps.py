@@ -1,0 +1,63 @@
+"""Wall-clock timestamps on the wire: ISO 8601 UTC with microseconds and ``Z``.
+
+The runtime never reads the wall clock directly: it is handed a ``WallClock``
+(a zero-argument callable returning an aware UTC ``datetime``). Production uses
+``system_wall_clock``; tests tie it to Trio's clock so lease expiry and timestamps
+agree with ``MockClock`` (``trio_wall_clock``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+__all__ = [
+    "EPOCH",
+    "WallClock",
+    "format_timestamp",
+    "parse_timestamp",
+    "system_wall_clock",
+]
+
+WallClock = Callable[[], datetime]
+
+#: Where ``trio_wall_clock`` puts Trio time zero (a fixed, recognisable instant).
+EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def system_wall_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+def trio_wall_clock_at(trio_now: float, epoch: datetime = EPOCH) -> datetime:
+    """The wall-clock instant that Trio time ``trio_now`` maps to under a test clock."""
+    return epoch + timedelta(seconds=trio_now)
+
+
+def format_timestamp(moment: datetime) -> str:
+    """``2026-11-23T12:04:23.865195Z``: UTC, microseconds, ``Z`` suffix."""
+    if moment.tzinfo is None:
+        raise ValueError("timestamps must be timezone-aware")
+    moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_timestamp(text: str, *, require_utc: bool = False) -> datetime:
+    """Parse an ISO 8601 timestamp with an explicit offset.
+
+    Raises:
+        ValueError: not ISO 8601, no timezone, or (``require_utc``) not UTC / no ``Z``.
+    """
+    if not isinstance(text, str):
+        raise ValueError("timestamp must be a string")
+    if require_utc and not text.endswith(("Z", "z")):
+        raise ValueError("timestamp must be UTC with a 'Z' suffix")
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"not an ISO 8601 timestamp: {text!r}") from None
+    if moment.tzinfo is None:
+        raise ValueError("timestamp must carry a timezone")
+    if require_utc and moment.utcoffset() != timedelta(0):
+        raise ValueError("timestamp must be UTC")
+    return moment.astimezone(UTC)

@@ -1,0 +1,36 @@
+"""Developer and CI sessions. ``nox -s tests`` is what CI runs."""
+
+from __future__ import annotations
+
+import os
+
+import nox
+
+nox.options.sessions = ["lint", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+PYTHON = os.environ.get("ARCP_NOX_PYTHON") or None
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """The whole suite, interop with the reference SDK included."""
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def interop(session: nox.Session) -> None:
+    """Only the interop tests (the reference SDK in a subprocess, real WebSockets)."""
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "pytest", "-m", "interop", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff, ruff format --check, mypy --strict, and the layer-arrow test."""
+    session.install("-e", ".[lint]")
+    session.run("ruff", "check", "arcp_trio", "tests", "noxfile.py")
+    session.run("ruff", "format", "--check", "arcp_trio", "tests", "noxfile.py")
+    session.run("mypy")
+    session.run("python", "-m", "pytest", "-q", "tests/test_layers.py")

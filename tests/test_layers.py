@@ -1,0 +1,81 @@
+"""DESIGN.md's layer arrows point one way; this keeps them so.
+
+wire ← protocol ← runtime/client; wire ← transport ← runtime/client; store is used
+by runtime; nothing imports cli or testing. Checked on the AST of every module.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "arcp_trio"
+
+#: Which arcp_trio subpackages each layer may import.
+ALLOWED: dict[str, set[str]] = {
+    "wire": {"wire"},
+    "protocol": {"wire", "protocol"},
+    "transport": {"wire", "transport"},
+    "store": {"wire", "protocol", "store"},
+    "runtime": {"wire", "protocol", "transport", "store", "runtime"},
+    "client": {"wire", "protocol", "transport", "client"},
+    "testing": {"wire", "protocol", "transport", "runtime", "client", "store", "testing",
+                "demo_agents"},
+    "demo_agents": {"runtime", "wire", "demo_agents"},
+    "cli": {"wire", "protocol", "transport", "runtime", "client", "store", "demo_agents", "cli",
+            "__init__"},
+    "__main__": {"cli"},
+    "__init__": {"wire", "protocol", "transport", "runtime", "client", "store"},
+}
+#: Modules that import no I/O or scheduling library.
+PURE = {"wire", "protocol"}
+IMPURE_LIBRARIES = {"trio", "wsproto", "trio_websocket", "sqlite3", "socket", "asyncio"}
+
+
+def _layer(path: Path) -> str:
+    relative = path.relative_to(PACKAGE)
+    return relative.parts[0].removesuffix(".py")
+
+
+def _imports(path: Path) -> list[tuple[str, int]]:
+    """(absolute dotted module, line) for every import in ``path``."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    package_parts = ["arcp_trio", *path.relative_to(PACKAGE).parent.parts]
+    found: list[tuple[str, int]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, node.lineno) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package_parts[: len(package_parts) - node.level + 1]
+                module = ".".join([*base, node.module] if node.module else base)
+            else:
+                module = node.module or ""
+            found.append((module, node.lineno))
+    return found
+
+
+MODULES = sorted(PACKAGE.rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_layer_arrows_point_one_way(path: Path) -> None:
+    layer = _layer(path)
+    allowed = ALLOWED[layer]
+    for module, line in _imports(path):
+        parts = module.split(".")
+        if parts[0] == "arcp_trio":
+            target = parts[1] if len(parts) > 1 else "__init__"
+            assert target in allowed, f"{path}:{line}: {layer} must not import {module}"
+        elif layer in PURE:
+            assert parts[0] not in IMPURE_LIBRARIES, f"{path}:{line}: {layer} imports {module}"
+
+
+def test_the_job_nursery_stays_in_runtime_py() -> None:
+    """Only the runtime starts jobs (STYLE.md: watch where a nursery is passed)."""
+    for path in MODULES:
+        if path.name == "runtime.py" and path.parent.name == "runtime":
+            continue
+        assert "_job_nursery" not in path.read_text(), path

@@ -1,0 +1,132 @@
+"""Envelope decoding and encoding (§5, WIRE.md §2)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from arcp_trio.wire.codec import Envelope, decode, encode, encode_job_frame
+from arcp_trio.wire.errors import (
+    BudgetExhausted,
+    ErrorCode,
+    InternalError,
+    LeaseExpired,
+    RemoteProtocolError,
+    make_error,
+)
+from arcp_trio.wire.ids import is_envelope_id, is_trace_id, new_id, new_trace_id, new_ulid
+from arcp_trio.wire.messages import JobSubmit, MessageType, SessionError, parse_agent_ref
+from arcp_trio.wire.timestamps import format_timestamp, parse_timestamp
+
+
+def test_unknown_envelope_fields_and_payload_keys_are_ignored() -> None:
+    # §5: "Implementations MUST ignore unknown top-level envelope fields".
+    frame = {"id": new_ulid(), "type": "job.submit", "future_field": {"x": 1},
+             "payload": {"agent": "echo@1.0.0", "someday": True}}
+    envelope = decode(json.dumps(frame))
+    assert envelope.payload == JobSubmit(agent="echo@1.0.0")
+    assert envelope.arcp == "1.1"
+
+
+def test_decode_failures_carry_paths_and_request_id() -> None:
+    frame_id = new_ulid()
+    with pytest.raises(RemoteProtocolError) as info:
+        decode(json.dumps({"id": frame_id, "type": "job.submit",
+                           "payload": {"agent": "echo", "lease_request": {"fs.read": [3]}}}))
+    assert info.value.request_id == frame_id
+    assert info.value.code == ErrorCode.INVALID_REQUEST
+    assert info.value.details == {
+        "errors": ["expected a string, got int @ $.payload.lease_request['fs.read'][0]"]
+    }
+
+
+def test_no_silent_coercion() -> None:
+    for bad in ({"agent": "echo", "max_runtime_sec": "5"}, {"agent": "echo", "max_runtime_sec": True},
+                {"agent": "echo", "idempotency_key": 5}):
+        with pytest.raises(RemoteProtocolError):
+            decode(json.dumps({"id": new_ulid(), "type": "job.submit", "payload": bad}))
+
+
+def test_encode_omits_unset_fields_and_is_compact() -> None:
+    envelope = Envelope(type=MessageType.SESSION_ERROR, id="01HZZZZZZZZZZZZZZZZZZZZZZZ",
+                        payload=SessionError(code="X", message="m"))
+    assert encode(envelope) == (
+        '{"arcp":"1.1","id":"01HZZZZZZZZZZZZZZZZZZZZZZZ","type":"session.error",'
+        '"payload":{"code":"X","message":"m","retryable":false}}'
+    )
+
+
+def test_job_frame_fast_path_matches_the_general_encoder() -> None:
+    payload = {"kind": "log", "ts": "2026-01-01T00:00:00.000000Z", "body": {"message": "é\"x"}}
+    fast = encode_job_frame(MessageType.JOB_EVENT, frame_id="01HZZZZZZZZZZZZZZZZZZZZZZZ",
+                            session_id="sess_1", job_id="job_1", event_seq=7,
+                            trace_id="ab" * 16, payload_json=json.dumps(payload, separators=(",", ":"), ensure_ascii=False))
+    slow = encode(Envelope(type=MessageType.JOB_EVENT, id="01HZZZZZZZZZZZZZZZZZZZZZZZ",
+                           session_id="sess_1", job_id="job_1", event_seq=7, trace_id="ab" * 16,
+                           payload=payload))
+    assert fast == slow
+    assert decode(fast).event_seq == 7
+
+
+def test_ids() -> None:
+    ulid = new_ulid()
+    assert len(ulid) == 26
+    assert is_envelope_id(ulid)
+    assert is_envelope_id(new_id("job"))
+    assert is_envelope_id("01890a5d-ac96-774b-bcce-b302099a8057")
+    assert not is_envelope_id(ulid.lower())
+    assert not is_envelope_id("01890a5d-ac96-474b-bcce-b302099a8057")  # UUIDv4
+    assert is_trace_id(new_trace_id())
+    assert not is_trace_id("0" * 32)
+    assert not is_trace_id("00-" + "a" * 32 + "-" + "b" * 16 + "-01")
+
+
+def test_timestamps() -> None:
+    moment = parse_timestamp("2026-05-13T23:42:00Z", require_utc=True)
+    assert format_timestamp(moment) == "2026-05-13T23:42:00.000000Z"
+    with pytest.raises(ValueError, match="UTC"):
+        parse_timestamp("2026-05-13T23:42:00+02:00", require_utc=True)
+    with pytest.raises(ValueError, match="timezone"):
+        parse_timestamp("2026-05-13T23:42:00")
+
+
+def test_agent_refs() -> None:
+    assert parse_agent_ref("echo") == ("echo", None)
+    assert parse_agent_ref("Code-Refactor@2.0.0+build") == ("Code-Refactor", "2.0.0+build")
+    for bad in ("Bad Name", "@1", "echo@", "-x", "echo@1@2"):
+        with pytest.raises(ValueError):
+            parse_agent_ref(bad)
+
+
+def test_error_taxonomy_retryable() -> None:
+    # §12: INTERNAL_ERROR always retryable; LEASE_EXPIRED and BUDGET_EXHAUSTED never.
+    assert InternalError("x").retryable is True
+    assert BudgetExhausted("x", retryable=True).retryable is False
+    assert LeaseExpired("x").retryable is False
+    error = make_error("BUDGET_EXHAUSTED", "spent")
+    assert isinstance(error, BudgetExhausted)
+    custom = make_error("AGENT_SPECIFIC", "mine")
+    assert custom.code == "AGENT_SPECIFIC"
+
+
+@given(st.text(max_size=200) | st.binary(max_size=200).map(lambda b: b.decode("latin-1")))
+def test_decode_never_raises_anything_but_protocol_errors(text: str) -> None:
+    try:
+        decode(text)
+    except RemoteProtocolError:
+        pass
+
+
+@given(st.dictionaries(st.sampled_from(["id", "type", "arcp", "payload", "event_seq", "trace_id",
+                                        "session_id", "job_id"]),
+                       st.none() | st.booleans() | st.integers() | st.text(max_size=30)
+                       | st.lists(st.integers(), max_size=3)
+                       | st.dictionaries(st.text(max_size=5), st.integers(), max_size=3)))
+def test_hostile_envelopes_fail_cleanly(frame: dict[str, object]) -> None:
+    try:
+        decode(json.dumps(frame))
+    except RemoteProtocolError as exc:
+        assert exc.code == ErrorCode.INVALID_REQUEST
