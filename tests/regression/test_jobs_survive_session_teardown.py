@@ -32,10 +32,12 @@ def ticks(frames: list[dict[str, Any]], job_id: str) -> list[int]:
     ]
 
 
-async def start_ticker(runtime: Runtime, nursery: trio.Nursery) -> tuple[Peer, Any, str]:
+async def start_ticker(
+    runtime: Runtime, nursery: trio.Nursery, ticker: dict[str, Any] = TICKER
+) -> tuple[Peer, Any, str]:
     peer, raw = await connect(runtime, nursery)
     await peer.hello()
-    accepted = await peer.submit("ticker@1.0.0", TICKER)
+    accepted = await peer.submit("ticker@1.0.0", ticker)
     job_id = accepted["job_id"]
     frames = await peer.recv_until(lambda f: f.get("event_seq") == 3)
     assert ticks(frames, job_id) == [1, 2, 3]
@@ -95,6 +97,9 @@ async def test_job_survives_reference_bye(
     peer, _raw, job_id = await start_ticker(runtime, nursery)
     await peer.send("session.bye", {"reason": "client.close"})
     await peer.recv_type("session.closed")
+    with pytest.raises(TransportBroken):
+        await peer.recv()
+    await trio.sleep(1)
     frames = await resume_and_collect(runtime, nursery, peer, job_id, 3)
     assert ticks(frames, job_id) == [4, 5, 6, 7, 8, 9, 10]
 
@@ -103,15 +108,15 @@ async def test_job_survives_heartbeat_loss(
     runtime: Runtime, nursery: trio.Nursery, autojump_clock: trio.abc.Clock
 ) -> None:
     last_sent = trio.current_time()  # the submit is the client's last frame
-    peer, _raw, job_id = await start_ticker(runtime, nursery)
+    peer, _raw, job_id = await start_ticker(runtime, nursery, {"count": 10, "interval": 3})
     # Go silent: read nothing, send nothing. §6.4: after two quiet intervals (10 s
     # each here) the runtime drops the connection, never the job.
-    await trio.sleep(25)
+    await trio.sleep_until(last_sent + 21)
     session = runtime.session(peer.session_id)  # type: ignore[arg-type]
     assert session is not None
     assert session.connection is None
     assert session.window.detached_at == last_sent + 20
-    assert runtime.jobs.get(job_id).status == "success"  # type: ignore[union-attr]
+    assert runtime.jobs.get(job_id).status == "running"  # type: ignore[union-attr]
     frames = await resume_and_collect(runtime, nursery, peer, job_id, 3)
     assert ticks(frames, job_id) == [4, 5, 6, 7, 8, 9, 10]
     assert frames[-1]["payload"]["result"] == {"ticks": 10}
@@ -135,6 +140,7 @@ async def test_resume_from_an_earlier_seq_replays_from_there(
     """The client, not the runtime, says what it has processed (§6.5 advisory ack)."""
     peer, raw, job_id = await start_ticker(runtime, nursery)
     raw.abort()
+    await trio.sleep(0.5)
     frames = await resume_and_collect(runtime, nursery, peer, job_id, 1)
     assert ticks(frames, job_id) == [2, 3, 4, 5, 6, 7, 8, 9, 10]
 
