@@ -16,7 +16,7 @@ import math
 import secrets
 import signal
 import sys
-from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -26,6 +26,9 @@ from .runtime.config import RuntimeConfig
 from .runtime.runtime import Runtime, open_runtime
 from .runtime.serve import serve_websocket
 from .transport.stdio import open_stdio_transport
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 __all__ = ["main"]
 
@@ -111,15 +114,16 @@ async def _serve(args: argparse.Namespace) -> None:
         resume_window_sec=args.resume_window_sec,
         shutdown_grace_sec=args.shutdown_grace_sec,
     )
-    async with open_runtime(agents=demo_registry(), tokens=tokens, config=config) as runtime:
-        async with trio.open_nursery() as nursery:
-            if args.stdio:
-                nursery.start_soon(_serve_stdio, runtime, nursery.cancel_scope)
-            else:
-                info = await nursery.start(serve_websocket, runtime, args.host, args.port)
-                host, port = info.host, info.port
-                print(f"READY ws://{host}:{port}/arcp", flush=True)
-            nursery.start_soon(_stop_on_signal, runtime, nursery.cancel_scope, args.max_seconds)
+    async with (
+        open_runtime(agents=demo_registry(), tokens=tokens, config=config) as runtime,
+        trio.open_nursery() as nursery,
+    ):
+        if args.stdio:
+            nursery.start_soon(_serve_stdio, runtime, nursery.cancel_scope)
+        else:
+            info = await nursery.start(serve_websocket, runtime, args.host, args.port)
+            print(f"READY ws://{info.host}:{info.port}/arcp", flush=True)
+        nursery.start_soon(_stop_on_signal, runtime, nursery.cancel_scope, args.max_seconds)
 
 
 async def _serve_stdio(runtime: Runtime, scope: trio.CancelScope) -> None:

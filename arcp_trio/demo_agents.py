@@ -25,12 +25,14 @@ other runtimes' users depend on it exactly as written here.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from .runtime.agents import AgentRegistry
-from .runtime.context import JobContext
+
+if TYPE_CHECKING:
+    from .runtime.context import JobContext
 
 __all__ = ["demo_registry"]
 

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import pytest
 import trio
@@ -10,6 +10,9 @@ from arcp_trio.runtime.config import RuntimeConfig
 from arcp_trio.runtime.runtime import Runtime, open_runtime
 from arcp_trio.wire.timestamps import trio_wall_clock_at
 from tests.helpers import TOKENS
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
 
 
 def trio_wall_clock():  # type: ignore[no-untyped-def]

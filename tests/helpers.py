@@ -7,17 +7,20 @@ every frame the runtime sends decodes with our own codec.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from arcp_trio.protocol.session import ALL_FEATURES
-from arcp_trio.runtime.runtime import Runtime
-from arcp_trio.transport.base import Transport
 from arcp_trio.transport.memory import memory_transport_pair
 from arcp_trio.wire.codec import decode
 from arcp_trio.wire.ids import new_ulid
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from arcp_trio.runtime.runtime import Runtime
+    from arcp_trio.transport.base import Transport
 
 REFERENCE_FEATURES = [f for f in ALL_FEATURES if not f.startswith("x-vendor.")]
 TOKENS = {"tok-alice": "alice", "tok-bob": "bob"}
@@ -62,7 +65,9 @@ class Peer:
         self.received.append(frame)
         seq = frame.get("event_seq")
         if seq is not None:
-            assert seq == self.last_event_seq + 1, f"gap or duplicate: {self.last_event_seq} -> {seq}"
+            assert seq == self.last_event_seq + 1, (
+                f"gap or duplicate: {self.last_event_seq} -> {seq}"
+            )
             self.last_event_seq = seq
         return frame
 
@@ -78,7 +83,9 @@ class Peer:
             if frame["type"] != "session.ping":
                 self.backlog.append(frame)
 
-    async def recv_until(self, predicate: Callable[[Frame], bool], timeout: float = 30) -> list[Frame]:
+    async def recv_until(
+        self, predicate: Callable[[Frame], bool], timeout: float = 30
+    ) -> list[Frame]:
         frames: list[Frame] = []
         while True:
             frame = await self.recv(timeout)

@@ -29,11 +29,14 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import attrs
 
 from ..wire.errors import InvalidRequest, ResumeWindowExpired
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 __all__ = ["BufferedEvent", "EventBuffer", "OverflowNotice"]
 
@@ -84,7 +87,9 @@ class EventBuffer:
     def append(self, seq: int, job_id: str, frame: str) -> None:
         """Store the frame stamped with ``seq`` (which must be ``next_seq()``)."""
         if seq != self._last_seq + 1:
-            raise ValueError(f"event_seq must be gap-free: expected {self._last_seq + 1}, got {seq}")
+            raise ValueError(
+                f"event_seq must be gap-free: expected {self._last_seq + 1}, got {seq}"
+            )
         self._last_seq = seq
         self._events.append(BufferedEvent(seq, job_id, frame))
         if len(self._events) > self.max_events:

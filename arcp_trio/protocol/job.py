@@ -25,16 +25,19 @@ import enum
 import hashlib
 import json
 from collections import deque
-from collections.abc import Iterable
-from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from ..wire.errors import DuplicateKey, ErrorCode, InvalidRequest
 from ..wire.messages import MessageType
-from .leases import Budget, Lease
 from .session import Dialect
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from datetime import datetime
+
+    from .leases import Budget, Lease
 
 __all__ = [
     "TERMINAL_STATUSES",
@@ -124,7 +127,9 @@ class Terminal:
         payload = {
             "final_status": str(status),
             "completed_at": self.completed_at,
-            "code": str(ErrorCode.CANCELLED if status is JobStatus.CANCELLED else ErrorCode.TIMEOUT),
+            "code": str(
+                ErrorCode.CANCELLED if status is JobStatus.CANCELLED else ErrorCode.TIMEOUT
+            ),
         }
         if self.message is not None:
             payload["message"] = self.message
@@ -317,4 +322,3 @@ class JobTable:
                 return page, str(page[-1].ordinal)
             page.append(job)
         return page, None
-

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Mapping, Sequence
-from datetime import datetime
 from decimal import Decimal, InvalidOperation
+from typing import TYPE_CHECKING
 
 import attrs
 
 from ..wire.errors import BudgetExhausted, InvalidRequest, LeaseExpired, PermissionDenied
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from datetime import datetime
 
 __all__ = [
     "RESERVED_NAMESPACES",

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import trio
@@ -40,6 +39,8 @@ from ..wire.ids import new_ulid
 from ..wire.messages import MessageType, SessionError, SessionPing
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from .session import Session
 
 __all__ = ["Connection"]
@@ -96,7 +97,9 @@ class Connection:
     def send(self, envelope: Envelope) -> None:
         self.enqueue(encode(envelope))
 
-    def reply(self, message_type: MessageType, payload: object, *, job_id: str | None = None) -> None:
+    def reply(
+        self, message_type: MessageType, payload: object, *, job_id: str | None = None
+    ) -> None:
         """Queue a non-seq frame to the peer, stamped with this session's id."""
         self.send(
             Envelope(

@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import base64
 import math
-from collections.abc import Mapping
 from decimal import Decimal
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..wire.errors import InternalError, InvalidRequest
 from ..wire.ids import new_id
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from types import TracebackType
+
     from ..protocol.job import JobRecord
     from ..protocol.leases import Lease
 
@@ -47,7 +48,9 @@ class _Host(Protocol):
 
     def _begin_stream(self, job: JobRecord, result_id: str) -> None: ...
 
-    def _end_stream(self, job: JobRecord, result_id: str, size: int, summary: str | None) -> None: ...
+    def _end_stream(
+        self, job: JobRecord, result_id: str, size: int, summary: str | None
+    ) -> None: ...
 
     @property
     def _result_chunk_bytes(self) -> int: ...
@@ -185,7 +188,10 @@ class JobContext:
             if value < 0:
                 raise InvalidRequest(f"cost metric {name} must not be negative ({value})")
             remaining = self._host._charge(self._job, unit, Decimal(str(value)))
-        body: dict[str, Any] = {"name": name, "value": float(value) if isinstance(value, Decimal) else value}
+        body: dict[str, Any] = {
+            "name": name,
+            "value": float(value) if isinstance(value, Decimal) else value,
+        }
         if unit is not None:
             body["unit"] = unit
         if dimensions:

@@ -27,17 +27,15 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
-from datetime import datetime
-from decimal import Decimal
-from typing import Any
+from contextlib import asynccontextmanager, suppress
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
 
 from ..protocol.eventlog import EventBuffer, OverflowNotice
 from ..protocol.job import HistoryEntry, JobRecord, JobStatus, JobTable, Terminal, fingerprint
-from ..protocol.leases import Budget, Lease, parse_lease
+from ..protocol.leases import Budget, parse_lease
 from ..protocol.session import ALL_FEATURES, Dialect, ResumeWindow, negotiate_features
 from ..transport.base import MessageTooLarge, Transport, TransportError
 from ..wire.codec import Envelope, decode, dumps, encode, unstructure_payload
@@ -76,12 +74,17 @@ from ..wire.messages import (
     SessionWelcome,
 )
 from ..wire.timestamps import WallClock, format_timestamp, parse_timestamp, system_wall_clock
-from .agents import Agent, AgentRegistry
 from .auth import BearerAuth
 from .config import RuntimeConfig
 from .connection import Connection
 from .context import JobContext
 from .session import Session, hash_token
+
+if TYPE_CHECKING:
+    from datetime import datetime
+    from decimal import Decimal
+
+    from .agents import Agent, AgentRegistry
 
 __all__ = ["ObservePolicy", "Runtime", "RuntimeStatistics", "open_runtime", "same_principal"]
 
@@ -146,6 +149,7 @@ class Runtime:
         self._live: dict[str, _LiveJob] = {}
         self._sessions: dict[str, Session] = {}
         self._connections: set[Connection] = set()
+        self._connections_changed = trio.Event()
         self._limiter = (
             trio.CapacityLimiter(config.max_concurrent_jobs)
             if config.max_concurrent_jobs is not None
@@ -215,6 +219,7 @@ class Runtime:
                 await connection.run()
             finally:
                 self._connections.discard(connection)
+                self._connections_changed.set()
                 self._detach(connection)
         finally:
             with trio.move_on_after(5, shield=True):
@@ -259,13 +264,14 @@ class Runtime:
                 connection.close_after_flush("runtime shutting down")
             with trio.move_on_after(2):
                 while self._connections:
-                    await trio.sleep(0.01)
+                    self._connections_changed = trio.Event()
+                    await self._connections_changed.wait()
             for connection in list(self._connections):
                 connection.abort("runtime shutting down")
             self._session_nursery.cancel_scope.cancel()
         self._shutdown_done.set()
 
-    # == handshake (§6.1–§6.3) ============================================================
+    # == handshake (§6.1-§6.3) ============================================================
 
     async def _handshake(self, transport: Transport) -> Connection | None:
         if self._closing:
@@ -295,9 +301,7 @@ class Runtime:
                 return self._hello(transport, envelope)
             if envelope.type == MessageType.SESSION_RESUME:
                 return self._resume_frame(transport, envelope)
-            raise InvalidRequest(
-                f"the first frame must be session.hello, got {envelope.type!r}"
-            )
+            raise InvalidRequest(f"the first frame must be session.hello, got {envelope.type!r}")
         except ARCPError as exc:
             await self._refuse(transport, exc, envelope.id)
             return None
@@ -316,10 +320,8 @@ class Runtime:
             ),
         )
         with trio.move_on_after(5):
-            try:
+            with suppress(TransportError):
                 await transport.send_message(encode(frame))
-            except TransportError:
-                pass
 
     def _authenticate(self, scheme: str, token: str) -> str:
         principal = self._auth.authenticate(token) if scheme.lower() == "bearer" else None
@@ -419,9 +421,7 @@ class Runtime:
 
     def _attach(self, transport: Transport, session: Session, *, replay: list[str]) -> Connection:
         """Welcome, replay and go live, with no checkpoint in between (no gap, no dup)."""
-        heartbeat = (
-            self.config.heartbeat_interval_sec if "heartbeat" in session.features else None
-        )
+        heartbeat = self.config.heartbeat_interval_sec if "heartbeat" in session.features else None
         connection = Connection(
             session=session,
             transport=transport,
@@ -473,9 +473,7 @@ class Runtime:
             self.config.resume_window_sec,
         )
         if not self._closing:
-            self._session_nursery.start_soon(
-                self._expire_later, session, session.detach_generation
-            )
+            self._session_nursery.start_soon(self._expire_later, session, session.detach_generation)
 
     async def _expire_later(self, session: Session, generation: int) -> None:
         deadline = session.window.deadline
@@ -980,7 +978,9 @@ class Runtime:
         else:
             await trio.lowlevel.checkpoint()
         frame_id = new_ulid()
-        payload_json = dumps({"kind": kind, "ts": format_timestamp(self._wall_clock()), "body": body})
+        payload_json = dumps(
+            {"kind": kind, "ts": format_timestamp(self._wall_clock()), "body": body}
+        )
         job.record_event(frame_id, kind, payload_json)
         for session in sessions:
             self._deliver_one(session, job, MessageType.JOB_EVENT, frame_id, payload_json)
@@ -1000,9 +1000,7 @@ class Runtime:
         live.stream_result_id = result_id
         live.stream_open = True
 
-    def _end_stream(
-        self, job: JobRecord, result_id: str, size: int, summary: str | None
-    ) -> None:
+    def _end_stream(self, job: JobRecord, result_id: str, size: int, summary: str | None) -> None:
         live = self._live[job.job_id]
         live.stream_open = False
         live.stream_size = size
@@ -1051,19 +1049,17 @@ async def open_runtime(
     ``shutdown_grace_sec`` to finish, then cancels them with a terminal that every
     watcher receives.
     """
-    async with trio.open_nursery() as job_nursery:
-        async with trio.open_nursery() as session_nursery:
-            runtime = Runtime(
-                agents=agents,
-                auth=BearerAuth(tokens),
-                config=config or RuntimeConfig(),
-                wall_clock=wall_clock,
-                observe_policy=observe_policy,
-                job_nursery=job_nursery,
-                session_nursery=session_nursery,
-            )
-            try:
-                yield runtime
-            finally:
-                await runtime.shutdown()
-
+    async with trio.open_nursery() as job_nursery, trio.open_nursery() as session_nursery:
+        runtime = Runtime(
+            agents=agents,
+            auth=BearerAuth(tokens),
+            config=config or RuntimeConfig(),
+            wall_clock=wall_clock,
+            observe_policy=observe_policy,
+            job_nursery=job_nursery,
+            session_nursery=session_nursery,
+        )
+        try:
+            yield runtime
+        finally:
+            await runtime.shutdown()

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import trio
 
-# TEMP-LAZY
-from .runtime import Runtime
+from ..transport.websocket import WebSocketServerInfo, serve_websocket_transport
 
-__all__ = ["serve_websocket"]
+if TYPE_CHECKING:
+    from .runtime import Runtime
+
+__all__ = ["WebSocketServerInfo", "serve_websocket"]
 
 
 async def serve_websocket(
@@ -16,16 +20,17 @@ async def serve_websocket(
     port: int,
     *,
     path: str = "/arcp",
-    task_status: trio.TaskStatus[object] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[WebSocketServerInfo] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Accept ARCP connections on ``ws://host:port/arcp`` until cancelled.
 
-    ``task_status.started`` reports the bound address (port 0 picks a free one).
-    Each connection runs ``runtime.handle_transport``; one connection's failure
-    never reaches another or any job.
-    """
-    from ..transport.websocket import serve_websocket_transport  # TEMP
+    ``task_status.started`` reports a ``WebSocketServerInfo`` with the bound address
+    (port 0 picks a free one). Each connection runs ``runtime.handle_transport``; one
+    connection's failure never reaches another or any job.
 
+    Cancellation: stops accepting and ends every connection; jobs are untouched (they
+    belong to the runtime).
+    """
     await serve_websocket_transport(
         runtime.handle_transport,
         host,

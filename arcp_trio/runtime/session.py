@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from ..protocol.eventlog import EventBuffer, OverflowNotice
-from ..protocol.session import Dialect, ResumeWindow
 from ..wire.codec import encode_job_frame
 from ..wire.ids import new_id
-from ..wire.messages import MessageType
 
 if TYPE_CHECKING:
+    from ..protocol.eventlog import EventBuffer, OverflowNotice
+    from ..protocol.session import Dialect, ResumeWindow
+    from ..wire.messages import MessageType
     from .connection import Connection
 
 __all__ = ["Session", "hash_token"]

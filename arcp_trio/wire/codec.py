@@ -183,7 +183,7 @@ def decode(text: str | bytes) -> Envelope:
     if message_type not in PAYLOAD_TYPES:
         raise RemoteProtocolError(
             f"unknown envelope type {message_type!r}",
-            details={"errors": [f"unknown type @ $.type"]},
+            details={"errors": ["unknown type @ $.type"]},
             request_id=request_id,
         )
     try:

@@ -1,4 +1,4 @@
-"""Message payloads: one frozen attrs class per envelope ``type`` (§6–§8, WIRE.md §3).
+"""Message payloads: one frozen attrs class per envelope ``type`` (§6-§8, WIRE.md §3).
 
 Shapes follow WIRE.md's catalogue. Where the reference SDK and the spec text spell
 a message differently, the class accepts both on receive (extra keys are ignored,

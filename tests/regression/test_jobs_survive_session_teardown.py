@@ -11,15 +11,17 @@ Rules: in-memory transports, MockClock (autojump), every wait bounded.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
 
-from arcp_trio.runtime.runtime import Runtime
 from arcp_trio.transport.base import Transport, TransportBroken
 from arcp_trio.transport.memory import memory_transport_pair
 from tests.helpers import Peer, connect, events_of
+
+if TYPE_CHECKING:
+    from arcp_trio.runtime.runtime import Runtime
 
 TICKER = {"count": 10, "interval": 1}
 
@@ -190,6 +192,12 @@ async def test_wrong_token_does_not_destroy_the_session(
     assert ticks(frames, job_id) == [4, 5, 6, 7, 8, 9, 10]
 
 
+async def drain(peer: Peer, into: list[dict[str, Any]]) -> None:
+    """Read until the transport ends (raises its error)."""
+    while True:
+        into.append(await peer.recv())
+
+
 class ExplodingTransport:
     """A transport whose Nth write raises a non-transport error (a bug, say)."""
 
@@ -228,8 +236,7 @@ async def test_a_connection_task_that_raises_disturbs_no_job(
     assert ticks(frames, job_id) == [1]
     # The send task raises on its next write; the connection ends, nothing else.
     with pytest.raises(TransportBroken):
-        while True:
-            frames.append(await peer.recv())
+        await drain(peer, frames)
     assert runtime.jobs.get(job_id).status == "running"  # type: ignore[union-attr]
     resumed = await resume_and_collect(runtime, nursery, peer, job_id, peer.last_event_seq)
     assert ticks(frames + resumed, job_id) == list(range(1, 11))

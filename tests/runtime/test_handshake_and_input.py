@@ -7,18 +7,23 @@ Rules: in-memory transports, MockClock (autojump).
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import pytest
 import trio
 
 from arcp_trio.protocol.session import ALL_FEATURES, SPEC_SHAPES_FEATURE
-from arcp_trio.runtime.runtime import Runtime
 from arcp_trio.transport.base import TransportBroken
 from arcp_trio.wire.ids import new_ulid
 from tests.helpers import REFERENCE_FEATURES, Peer, connect
 
+if TYPE_CHECKING:
+    from arcp_trio.runtime.runtime import Runtime
 
-async def test_welcome_shape(runtime: Runtime, nursery: trio.Nursery, autojump_clock: trio.abc.Clock) -> None:
+
+async def test_welcome_shape(
+    runtime: Runtime, nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
     peer, _ = await connect(runtime, nursery)
     welcome = await peer.hello()
     payload = welcome["payload"]
@@ -46,7 +51,9 @@ async def test_without_agent_versions_the_inventory_is_names(
     assert "heartbeat_interval_sec" not in welcome["payload"]
 
 
-async def test_wrong_token_is_unauthenticated(runtime: Runtime, nursery: trio.Nursery, autojump_clock: trio.abc.Clock) -> None:
+async def test_wrong_token_is_unauthenticated(
+    runtime: Runtime, nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
     peer, _ = await connect(runtime, nursery)
     reply = await peer.hello(token="nope")
     assert reply["type"] == "session.error"
@@ -56,7 +63,9 @@ async def test_wrong_token_is_unauthenticated(runtime: Runtime, nursery: trio.Nu
         await peer.recv()
 
 
-async def test_first_frame_must_be_hello(runtime: Runtime, nursery: trio.Nursery, autojump_clock: trio.abc.Clock) -> None:
+async def test_first_frame_must_be_hello(
+    runtime: Runtime, nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
     peer, _ = await connect(runtime, nursery)
     request_id = await peer.send("job.submit", {"agent": "echo"})
     reply = await peer.recv()
@@ -64,7 +73,9 @@ async def test_first_frame_must_be_hello(runtime: Runtime, nursery: trio.Nursery
     assert reply["payload"]["request_id"] == request_id
 
 
-async def test_garbage_before_hello_is_answered(runtime: Runtime, nursery: trio.Nursery, autojump_clock: trio.abc.Clock) -> None:
+async def test_garbage_before_hello_is_answered(
+    runtime: Runtime, nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
     peer, _ = await connect(runtime, nursery)
     await peer.send_raw("this is not json")
     reply = await peer.recv()
@@ -99,36 +110,73 @@ async def test_handshake_timeout_closes_the_connection(
             "malformed agent reference",
         ),
         (
-            json.dumps({"id": new_ulid(), "type": "job.submit", "trace_id": "00-abc-01",
-                        "payload": {"agent": "echo"}}),
+            json.dumps(
+                {
+                    "id": new_ulid(),
+                    "type": "job.submit",
+                    "trace_id": "00-abc-01",
+                    "payload": {"agent": "echo"},
+                }
+            ),
             "trace_id",
         ),
         (json.dumps({"id": new_ulid(), "arcp": "2.0", "type": "session.ping"}), "$.arcp"),
         (json.dumps({"id": new_ulid(), "type": "session.hello", "payload": {}}), "$.payload"),
         (json.dumps({"id": new_ulid(), "type": "job.result", "payload": {}}), "$.payload"),
         (
-            json.dumps({"id": new_ulid(), "type": "job.submit",
-                        "payload": {"agent": "echo", "max_runtime_sec": 0}}),
+            json.dumps(
+                {
+                    "id": new_ulid(),
+                    "type": "job.submit",
+                    "payload": {"agent": "echo", "max_runtime_sec": 0},
+                }
+            ),
             "max_runtime_sec",
         ),
         (
-            json.dumps({"id": new_ulid(), "type": "job.submit",
-                        "payload": {"agent": "echo", "lease_request": {"fs.raed": ["/x"]}}}),
+            json.dumps(
+                {
+                    "id": new_ulid(),
+                    "type": "job.submit",
+                    "payload": {"agent": "echo", "lease_request": {"fs.raed": ["/x"]}},
+                }
+            ),
             "unknown lease namespace",
         ),
         (
-            json.dumps({"id": new_ulid(), "type": "job.submit",
-                        "payload": {"agent": "echo", "lease_request": {"cost.budget": ["5$"]}}}),
+            json.dumps(
+                {
+                    "id": new_ulid(),
+                    "type": "job.submit",
+                    "payload": {"agent": "echo", "lease_request": {"cost.budget": ["5$"]}},
+                }
+            ),
             "amount",
         ),
         (
-            json.dumps({"id": new_ulid(), "type": "job.submit", "payload": {
-                "agent": "echo", "lease_constraints": {"expires_at": "2020-01-01T00:00:00Z"}}}),
+            json.dumps(
+                {
+                    "id": new_ulid(),
+                    "type": "job.submit",
+                    "payload": {
+                        "agent": "echo",
+                        "lease_constraints": {"expires_at": "2020-01-01T00:00:00Z"},
+                    },
+                }
+            ),
             "future",
         ),
         (
-            json.dumps({"id": new_ulid(), "type": "job.submit", "payload": {
-                "agent": "echo", "lease_constraints": {"expires_at": "2099-01-01T00:00:00+02:00"}}}),
+            json.dumps(
+                {
+                    "id": new_ulid(),
+                    "type": "job.submit",
+                    "payload": {
+                        "agent": "echo",
+                        "lease_constraints": {"expires_at": "2099-01-01T00:00:00+02:00"},
+                    },
+                }
+            ),
             "UTC",
         ),
     ],
@@ -158,8 +206,13 @@ async def test_oversized_frame_is_refused_without_closing(
 ) -> None:
     peer, _ = await connect(runtime, nursery)
     await peer.hello()
-    huge = json.dumps({"id": new_ulid(), "type": "job.submit",
-                       "payload": {"agent": "echo", "input": "x" * (2 << 20)}})
+    huge = json.dumps(
+        {
+            "id": new_ulid(),
+            "type": "job.submit",
+            "payload": {"agent": "echo", "input": "x" * (2 << 20)},
+        }
+    )
     await peer.send_raw(huge)
     reply = await peer.recv_type("session.error")
     assert reply["payload"]["code"] == "INVALID_REQUEST"
@@ -168,18 +221,26 @@ async def test_oversized_frame_is_refused_without_closing(
     assert accepted["type"] == "job.accepted"
 
 
-async def test_second_hello_is_refused(runtime: Runtime, nursery: trio.Nursery, autojump_clock: trio.abc.Clock) -> None:
+async def test_second_hello_is_refused(
+    runtime: Runtime, nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
     peer, _ = await connect(runtime, nursery)
     await peer.hello()
-    request_id = await peer.send("session.hello", {
-        "client": {"name": "x", "version": "0"}, "auth": {"scheme": "bearer", "token": "tok-alice"}
-    })
+    request_id = await peer.send(
+        "session.hello",
+        {
+            "client": {"name": "x", "version": "0"},
+            "auth": {"scheme": "bearer", "token": "tok-alice"},
+        },
+    )
     reply = await peer.recv_type("session.error")
     assert reply["payload"]["code"] == "INVALID_REQUEST"
     assert reply["payload"]["request_id"] == request_id
 
 
-async def test_features_not_negotiated_are_refused(runtime: Runtime, nursery: trio.Nursery, autojump_clock: trio.abc.Clock) -> None:
+async def test_features_not_negotiated_are_refused(
+    runtime: Runtime, nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
     peer, _ = await connect(runtime, nursery)
     await peer.hello(features=[])
     request_id = await peer.send("session.list_jobs", {})
@@ -204,7 +265,9 @@ async def test_bad_input_on_one_session_disturbs_no_other(
     assert [f["event_seq"] for f in frames if "event_seq" in f] == [1, 2, 3, 4, 5, 6]
 
 
-async def test_client_ping_gets_pong(runtime: Runtime, nursery: trio.Nursery, autojump_clock: trio.abc.Clock) -> None:
+async def test_client_ping_gets_pong(
+    runtime: Runtime, nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
     peer, _ = await connect(runtime, nursery)
     await peer.hello()
     await peer.send("session.ping", {"nonce": "n1", "sent_at": "2026-01-01T00:00:00Z"})
@@ -213,7 +276,9 @@ async def test_client_ping_gets_pong(runtime: Runtime, nursery: trio.Nursery, au
     assert pong["payload"]["received_at"].endswith("Z")
 
 
-async def test_runtime_pings_an_idle_client(runtime: Runtime, nursery: trio.Nursery, autojump_clock: trio.abc.Clock) -> None:
+async def test_runtime_pings_an_idle_client(
+    runtime: Runtime, nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
     peer, _ = await connect(runtime, nursery)
     await peer.hello()
     start = trio.current_time()
@@ -229,7 +294,9 @@ async def test_runtime_pings_an_idle_client(runtime: Runtime, nursery: trio.Nurs
     assert session.connection is not None
 
 
-async def test_spec_shapes_feature_is_negotiable(runtime: Runtime, nursery: trio.Nursery, autojump_clock: trio.abc.Clock) -> None:
+async def test_spec_shapes_feature_is_negotiable(
+    runtime: Runtime, nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
     peer, _ = await connect(runtime, nursery)
     await peer.hello(features=[*REFERENCE_FEATURES, SPEC_SHAPES_FEATURE])
     session = runtime.session(peer.session_id)  # type: ignore[arg-type]
@@ -237,7 +304,9 @@ async def test_spec_shapes_feature_is_negotiable(runtime: Runtime, nursery: trio
     assert session.dialect.value == "spec"
 
 
-async def test_session_resume_frame_dialect(runtime: Runtime, nursery: trio.Nursery, autojump_clock: trio.abc.Clock) -> None:
+async def test_session_resume_frame_dialect(
+    runtime: Runtime, nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
     """§6.3's ``session.resume`` as the first frame, and the flat hello dialect."""
     peer, raw = await connect(runtime, nursery)
     await peer.hello()
@@ -245,8 +314,11 @@ async def test_session_resume_frame_dialect(runtime: Runtime, nursery: trio.Nurs
     second = Peer((await connect(runtime, nursery))[0].transport)
     await second.send(
         "session.resume",
-        {"resume_token": peer.resume_token, "last_event_seq": 0,
-         "auth": {"scheme": "bearer", "token": "tok-alice"}},
+        {
+            "resume_token": peer.resume_token,
+            "last_event_seq": 0,
+            "auth": {"scheme": "bearer", "token": "tok-alice"},
+        },
     )
     welcome = await second.recv()
     assert welcome["type"] == "session.welcome"
@@ -255,8 +327,6 @@ async def test_session_resume_frame_dialect(runtime: Runtime, nursery: trio.Nurs
     await second.send("session.close", {})
     await second.recv_type("session.closed")
     third, _ = await connect(runtime, nursery)
-    flat = await third.hello(
-        resume_token=welcome["payload"]["resume_token"], last_event_seq=0
-    )
+    flat = await third.hello(resume_token=welcome["payload"]["resume_token"], last_event_seq=0)
     assert flat["type"] == "session.welcome"
     assert flat["session_id"] == peer.session_id

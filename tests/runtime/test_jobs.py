@@ -7,7 +7,7 @@ Rules: in-memory transports, MockClock (autojump).
 from __future__ import annotations
 
 import base64
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
@@ -15,10 +15,12 @@ import trio
 from arcp_trio.protocol.session import SPEC_SHAPES_FEATURE
 from arcp_trio.runtime.agents import AgentRegistry
 from arcp_trio.runtime.config import RuntimeConfig
-from arcp_trio.runtime.context import JobContext
 from arcp_trio.runtime.runtime import Runtime, open_runtime
-from tests.helpers import REFERENCE_FEATURES, TOKENS, Peer, connect, events_of
 from tests.conftest import trio_wall_clock
+from tests.helpers import REFERENCE_FEATURES, TOKENS, Peer, connect, events_of
+
+if TYPE_CHECKING:
+    from arcp_trio.runtime.context import JobContext
 
 SPEC = [*REFERENCE_FEATURES, SPEC_SHAPES_FEATURE]
 
@@ -30,7 +32,9 @@ async def session(runtime: Runtime, nursery: trio.Nursery, **hello: Any) -> Peer
     return peer
 
 
-async def run_job(peer: Peer, agent: str, input_: Any = None, **payload: Any) -> list[dict[str, Any]]:
+async def run_job(
+    peer: Peer, agent: str, input_: Any = None, **payload: Any
+) -> list[dict[str, Any]]:
     accepted = await peer.submit(agent, input_, **payload)
     assert accepted["type"] == "job.accepted", accepted
     return [accepted, *await peer.recv_terminal(accepted["job_id"])]
@@ -42,7 +46,9 @@ async def run_job(peer: Peer, agent: str, input_: Any = None, **payload: Any) ->
 @pytest.mark.parametrize(
     ("ref", "version"), [("echo", "2.0.0"), ("echo@1.0.0", "1.0.0"), ("echo@2.0.0", "2.0.0")]
 )
-async def test_echo_versions(runtime: Runtime, nursery: trio.Nursery, autojump_clock: trio.abc.Clock, ref: str, version: str) -> None:
+async def test_echo_versions(
+    runtime: Runtime, nursery: trio.Nursery, autojump_clock: trio.abc.Clock, ref: str, version: str
+) -> None:
     peer = await session(runtime, nursery)
     frames = await run_job(peer, ref, {"hi": 1})
     accepted, *events, terminal = frames
@@ -56,7 +62,9 @@ async def test_echo_versions(runtime: Runtime, nursery: trio.Nursery, autojump_c
     }
 
 
-async def test_unknown_agent_and_version(runtime: Runtime, nursery: trio.Nursery, autojump_clock: trio.abc.Clock) -> None:
+async def test_unknown_agent_and_version(
+    runtime: Runtime, nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
     peer = await session(runtime, nursery)
     reply = await peer.submit("nobody")
     assert reply["payload"]["code"] == "AGENT_NOT_AVAILABLE"
@@ -65,10 +73,12 @@ async def test_unknown_agent_and_version(runtime: Runtime, nursery: trio.Nursery
     assert "1.0.0" in reply["payload"]["message"]
 
 
-async def test_ticker(runtime: Runtime, nursery: trio.Nursery, autojump_clock: trio.abc.Clock) -> None:
+async def test_ticker(
+    runtime: Runtime, nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
     peer = await session(runtime, nursery)
     start = trio.current_time()
-    accepted, *events, terminal = await run_job(peer, "ticker", {"count": 3, "interval": 2})
+    _accepted, *events, terminal = await run_job(peer, "ticker", {"count": 3, "interval": 2})
     assert [e["payload"]["body"] for e in events] == [
         {"current": i, "total": 3, "units": "ticks"} for i in (1, 2, 3)
     ]
@@ -76,9 +86,11 @@ async def test_ticker(runtime: Runtime, nursery: trio.Nursery, autojump_clock: t
     assert trio.current_time() - start == 6
 
 
-async def test_chunker_streams_a_result(runtime: Runtime, nursery: trio.Nursery, autojump_clock: trio.abc.Clock) -> None:
+async def test_chunker_streams_a_result(
+    runtime: Runtime, nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
     peer = await session(runtime, nursery)
-    accepted, *chunks, terminal = await run_job(peer, "chunker", {"chunks": 4, "size": 8})
+    _accepted, *chunks, terminal = await run_job(peer, "chunker", {"chunks": 4, "size": 8})
     bodies = [c["payload"]["body"] for c in chunks]
     assert [b["chunk_seq"] for b in bodies] == [0, 1, 2, 3, 4]
     assert [b["encoding"] for b in bodies] == ["utf8", "base64", "utf8", "base64", "utf8"]
@@ -96,14 +108,18 @@ async def test_chunker_streams_a_result(runtime: Runtime, nursery: trio.Nursery,
     assert "result" not in terminal["payload"]
 
 
-async def test_slow(runtime: Runtime, nursery: trio.Nursery, autojump_clock: trio.abc.Clock) -> None:
+async def test_slow(
+    runtime: Runtime, nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
     peer = await session(runtime, nursery)
     _, status, terminal = await run_job(peer, "slow", {"seconds": 3})
     assert status["payload"]["body"] == {"phase": "started"}
     assert terminal["payload"]["result"] == {"slept": 3}
 
 
-async def test_spender_exhausts_its_budget(runtime: Runtime, nursery: trio.Nursery, autojump_clock: trio.abc.Clock) -> None:
+async def test_spender_exhausts_its_budget(
+    runtime: Runtime, nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
     peer = await session(runtime, nursery)
     accepted, *events, terminal = await run_job(
         peer,
@@ -136,21 +152,27 @@ async def test_spender_without_a_tool_grant_is_denied(
     assert terminal["payload"]["code"] == "PERMISSION_DENIED"
 
 
-async def test_spec_dialect_budget_is_numeric(runtime: Runtime, nursery: trio.Nursery, autojump_clock: trio.abc.Clock) -> None:
+async def test_spec_dialect_budget_is_numeric(
+    runtime: Runtime, nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
     peer = await session(runtime, nursery, features=SPEC)
     accepted = await peer.submit("echo", lease_request={"cost.budget": ["USD:5.00", "EUR:1"]})
     assert accepted["payload"]["budget"] == {"USD": 5.0, "EUR": 1.0}
 
 
-async def test_chatty_every_event_kind(runtime: Runtime, nursery: trio.Nursery, autojump_clock: trio.abc.Clock) -> None:
+async def test_chatty_every_event_kind(
+    runtime: Runtime, nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
     peer = await session(runtime, nursery)
     for kind in ("log", "thought", "progress", "status", "metric", "x-vendor.demo"):
-        accepted, *events, terminal = await run_job(peer, "chatty", {"n": 3, "kind": kind})
+        _accepted, *events, terminal = await run_job(peer, "chatty", {"n": 3, "kind": kind})
         assert [e["payload"]["kind"] for e in events] == [kind] * 3
         assert terminal["payload"]["result"] == {"n": 3}
 
 
-async def test_all_ten_event_kinds_reach_the_client(nursery: trio.Nursery, autojump_clock: trio.abc.Clock) -> None:
+async def test_all_ten_event_kinds_reach_the_client(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
     """§8.2: every defined kind, emitted through the context's typed emitters."""
     registry = AgentRegistry()
 
@@ -173,8 +195,17 @@ async def test_all_ten_event_kinds_reach_the_client(nursery: trio.Nursery, autoj
         peer = await session(rt, nursery)
         _, *events, terminal = await run_job(peer, "kinds")
         assert [e["payload"]["kind"] for e in events] == [
-            "log", "thought", "tool_call", "tool_result", "status", "metric",
-            "artifact_ref", "delegate", "progress", "result_chunk", "result_chunk",
+            "log",
+            "thought",
+            "tool_call",
+            "tool_result",
+            "status",
+            "metric",
+            "artifact_ref",
+            "delegate",
+            "progress",
+            "result_chunk",
+            "result_chunk",
         ]
         assert all(e["payload"]["ts"].endswith("Z") for e in events)
         assert events[2]["payload"]["body"]["call_id"] == events[3]["payload"]["body"]["call_id"]
@@ -184,7 +215,9 @@ async def test_all_ten_event_kinds_reach_the_client(nursery: trio.Nursery, autoj
 # -- failure terminals ---------------------------------------------------------------------
 
 
-async def test_agent_exceptions_become_job_errors(nursery: trio.Nursery, autojump_clock: trio.abc.Clock) -> None:
+async def test_agent_exceptions_become_job_errors(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
     registry = AgentRegistry()
 
     @registry.agent("boom")
@@ -212,7 +245,9 @@ async def test_agent_exceptions_become_job_errors(nursery: trio.Nursery, autojum
         assert sum(1 for f in peer.received if f["type"] in ("job.result", "job.error")) == 2
 
 
-async def test_max_runtime_sec_times_out(runtime: Runtime, nursery: trio.Nursery, autojump_clock: trio.abc.Clock) -> None:
+async def test_max_runtime_sec_times_out(
+    runtime: Runtime, nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
     peer = await session(runtime, nursery)
     start = trio.current_time()
     *_, terminal = await run_job(peer, "slow", {"seconds": 100}, max_runtime_sec=5)
@@ -237,7 +272,9 @@ async def test_max_runtime_sec_times_out_spec_dialect(
 
 
 @pytest.mark.parametrize("spec", [False, True])
-async def test_cancel_by_the_submitter(runtime: Runtime, nursery: trio.Nursery, autojump_clock: trio.abc.Clock, spec: bool) -> None:
+async def test_cancel_by_the_submitter(
+    runtime: Runtime, nursery: trio.Nursery, autojump_clock: trio.abc.Clock, spec: bool
+) -> None:
     peer = await session(runtime, nursery, features=SPEC if spec else REFERENCE_FEATURES)
     accepted = await peer.submit("slow", {"seconds": 100})
     job_id = accepted["job_id"]
@@ -256,7 +293,9 @@ async def test_cancel_by_the_submitter(runtime: Runtime, nursery: trio.Nursery, 
     assert runtime.jobs.get(job_id).status == "cancelled"  # type: ignore[union-attr]
 
 
-async def test_cancel_authority_survives_resume(runtime: Runtime, nursery: trio.Nursery, autojump_clock: trio.abc.Clock) -> None:
+async def test_cancel_authority_survives_resume(
+    runtime: Runtime, nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
     peer, raw = await connect(runtime, nursery)
     await peer.hello()
     accepted = await peer.submit("slow", {"seconds": 100})
@@ -264,8 +303,13 @@ async def test_cancel_authority_survives_resume(runtime: Runtime, nursery: trio.
     raw.abort()
     resumed, _ = await connect(runtime, nursery)
     resumed.last_event_seq = 1
-    await resumed.hello(resume={"session_id": peer.session_id,
-                                "resume_token": peer.resume_token, "last_event_seq": 1})
+    await resumed.hello(
+        resume={
+            "session_id": peer.session_id,
+            "resume_token": peer.resume_token,
+            "last_event_seq": 1,
+        }
+    )
     await resumed.send("job.cancel", {"reason": "after resume"}, job_id=accepted["job_id"])
     await resumed.recv_type("job.cancelled")
     terminal = await resumed.recv_type("job.result")
@@ -291,7 +335,9 @@ async def test_only_the_submitting_session_may_cancel(
     assert runtime.jobs.get(job_id).status == "running"  # type: ignore[union-attr]
 
 
-async def test_cancel_unknown_job(runtime: Runtime, nursery: trio.Nursery, autojump_clock: trio.abc.Clock) -> None:
+async def test_cancel_unknown_job(
+    runtime: Runtime, nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
     peer = await session(runtime, nursery)
     await peer.send("job.cancel", {"reason": "x"}, job_id="job_nope")
     reply = await peer.recv_type("session.error")
@@ -394,17 +440,22 @@ async def test_submit_and_subscribe_share_one_gap_free_sequence(
     mine = (await peer.submit("ticker", {"count": 5, "interval": 1}))["job_id"]
     await peer.send("job.subscribe", {"job_id": theirs, "history": True})
     done: set[str] = set()
-    frames = await peer.recv_until(
-        lambda f: f["type"] in ("job.result", "job.error")
-        and (done.add(f["job_id"]) or done == {mine, theirs})  # type: ignore[func-returns-value]
-    )
+
+    def both_ended(frame: dict[str, Any]) -> bool:
+        if frame["type"] in ("job.result", "job.error"):
+            done.add(frame["job_id"])
+        return done == {mine, theirs}
+
+    frames = await peer.recv_until(both_ended)
     seqs = [f["event_seq"] for f in frames if "event_seq" in f]
     assert seqs == list(range(1, len(seqs) + 1))
     assert len(events_of(frames, mine)) == 6
     assert len(events_of(frames, theirs)) == 6
 
 
-async def test_subscribe_isolation(runtime: Runtime, nursery: trio.Nursery, autojump_clock: trio.abc.Clock) -> None:
+async def test_subscribe_isolation(
+    runtime: Runtime, nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
     alice = await session(runtime, nursery)
     job_id = (await alice.submit("slow", {"seconds": 10}))["job_id"]
     bob = await session(runtime, nursery, token="tok-bob")
@@ -427,7 +478,9 @@ async def test_subscribe_to_a_finished_job_delivers_its_terminal(
     assert [f["type"] for f in replay] == ["job.event", "job.result"]
 
 
-async def test_unsubscribe_stops_events(runtime: Runtime, nursery: trio.Nursery, autojump_clock: trio.abc.Clock) -> None:
+async def test_unsubscribe_stops_events(
+    runtime: Runtime, nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
     owner = await session(runtime, nursery)
     job_id = (await owner.submit("ticker", {"count": 5, "interval": 1}))["job_id"]
     watcher = await session(runtime, nursery)
@@ -443,7 +496,9 @@ async def test_unsubscribe_stops_events(runtime: Runtime, nursery: trio.Nursery,
 # -- list_jobs (§6.6) ----------------------------------------------------------------------
 
 
-async def test_list_jobs_scoped_and_paginated(runtime: Runtime, nursery: trio.Nursery, autojump_clock: trio.abc.Clock) -> None:
+async def test_list_jobs_scoped_and_paginated(
+    runtime: Runtime, nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
     alice = await session(runtime, nursery)
     ids = [(await run_job(alice, "echo", i))[0]["job_id"] for i in range(5)]
     running = (await alice.submit("slow", {"seconds": 50}))["job_id"]
@@ -456,7 +511,9 @@ async def test_list_jobs_scoped_and_paginated(runtime: Runtime, nursery: trio.Nu
     assert entry["submitted_at"].endswith("Z")
     seen = [j["job_id"] for j in page["payload"]["jobs"]]
     while "next_cursor" in page["payload"]:
-        await alice.send("session.list_jobs", {"limit": 2, "cursor": page["payload"]["next_cursor"]})
+        await alice.send(
+            "session.list_jobs", {"limit": 2, "cursor": page["payload"]["next_cursor"]}
+        )
         page = await alice.recv_type("session.jobs")
         seen += [j["job_id"] for j in page["payload"]["jobs"]]
     assert seen == [*ids, running]
@@ -496,13 +553,23 @@ async def test_ack_frees_events_and_resume_below_the_ack_expires(
     assert (await peer.recv_type("session.error"))["payload"]["code"] == "INVALID_REQUEST"
     raw.abort()
     below, _ = await connect(runtime, nursery)
-    reply = await below.hello(resume={"session_id": peer.session_id,
-                                      "resume_token": peer.resume_token, "last_event_seq": 7})
+    reply = await below.hello(
+        resume={
+            "session_id": peer.session_id,
+            "resume_token": peer.resume_token,
+            "last_event_seq": 7,
+        }
+    )
     assert reply["payload"]["code"] == "RESUME_WINDOW_EXPIRED"
     ok, _ = await connect(runtime, nursery)
     ok.last_event_seq = 8
-    welcome = await ok.hello(resume={"session_id": peer.session_id,
-                                     "resume_token": peer.resume_token, "last_event_seq": 8})
+    welcome = await ok.hello(
+        resume={
+            "session_id": peer.session_id,
+            "resume_token": peer.resume_token,
+            "last_event_seq": 8,
+        }
+    )
     assert welcome["type"] == "session.welcome"
     replay = await ok.recv_terminal(accepted["job_id"])
     assert [f["event_seq"] for f in replay] == [9, 10, 11]
@@ -514,7 +581,9 @@ def _registry() -> AgentRegistry:
     return demo_registry()
 
 
-async def test_overflow_is_reported_and_resume_below_it_expires(nursery: trio.Nursery, autojump_clock: trio.abc.Clock) -> None:
+async def test_overflow_is_reported_and_resume_below_it_expires(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
     config = RuntimeConfig(max_buffered_events=10, heartbeat_interval_sec=1000)
     async with open_runtime(
         agents=_registry(), tokens=TOKENS, config=config, wall_clock=trio_wall_clock
@@ -526,9 +595,13 @@ async def test_overflow_is_reported_and_resume_below_it_expires(nursery: trio.Nu
         raw.abort()
         await rt.wait_job_done(accepted["job_id"])
         late, _ = await connect(rt, nursery)
-        reply = await late.hello(resume={"session_id": peer.session_id,
-                                         "resume_token": peer.resume_token,
-                                         "last_event_seq": 2})
+        reply = await late.hello(
+            resume={
+                "session_id": peer.session_id,
+                "resume_token": peer.resume_token,
+                "last_event_seq": 2,
+            }
+        )
         assert reply["payload"]["code"] == "RESUME_WINDOW_EXPIRED"
         # The session survives the refusal; a resume from what is held works and
         # shows the back-pressure notice among the held events.
@@ -537,13 +610,20 @@ async def test_overflow_is_reported_and_resume_below_it_expires(nursery: trio.Nu
         first = held.buffer.first_held_seq() - 1
         ok, _ = await connect(rt, nursery)
         ok.last_event_seq = first
-        welcome = await ok.hello(resume={"session_id": peer.session_id,
-                                         "resume_token": peer.resume_token,
-                                         "last_event_seq": first})
+        welcome = await ok.hello(
+            resume={
+                "session_id": peer.session_id,
+                "resume_token": peer.resume_token,
+                "last_event_seq": first,
+            }
+        )
         assert welcome["type"] == "session.welcome"
         frames = await ok.recv_terminal(accepted["job_id"])
-        notices = [f for f in frames if f["type"] == "job.event"
-                   and f["payload"]["body"].get("phase") == "back_pressure"]
+        notices = [
+            f
+            for f in frames
+            if f["type"] == "job.event" and f["payload"]["body"].get("phase") == "back_pressure"
+        ]
         assert notices, "eviction must be reported"
         assert notices[0]["payload"]["body"]["evicted_through"] >= 3
 
@@ -551,7 +631,9 @@ async def test_overflow_is_reported_and_resume_below_it_expires(nursery: trio.Nu
 # -- shutdown --------------------------------------------------------------------------------
 
 
-async def test_shutdown_ends_jobs_with_a_terminal_watchers_receive(nursery: trio.Nursery, autojump_clock: trio.abc.Clock) -> None:
+async def test_shutdown_ends_jobs_with_a_terminal_watchers_receive(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
     config = RuntimeConfig(shutdown_grace_sec=2, heartbeat_interval_sec=1000)
     async with open_runtime(
         agents=_registry(), tokens=TOKENS, config=config, wall_clock=trio_wall_clock
@@ -562,8 +644,9 @@ async def test_shutdown_ends_jobs_with_a_terminal_watchers_receive(nursery: trio
         start = trio.current_time()
         async with trio.open_nursery() as inner:
             inner.start_soon(rt.shutdown)
-            frames = await peer.recv_until(lambda f: f.get("job_id") == stuck
-                                           and f["type"] == "job.error")
+            frames = await peer.recv_until(
+                lambda f: f.get("job_id") == stuck and f["type"] == "job.error"
+            )
         assert trio.current_time() - start == 2  # the grace, then cancellation
         terminals = {f["job_id"]: f for f in frames if f["type"] in ("job.result", "job.error")}
         assert terminals[quick]["payload"]["final_status"] == "success"
