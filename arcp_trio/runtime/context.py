@@ -199,12 +199,16 @@ class JobContext:
         await self._host._emit(self._job, "metric", body)
         if remaining is not None:
             # §9.6: "MAY emit these cost.budget.remaining metrics proactively after
-            # material decrements".
-            await self._host._emit(
-                self._job,
-                "metric",
-                {"name": "cost.budget.remaining", "value": float(remaining), "unit": unit},
-            )
+            # material decrements". A cost.* value is never negative (the reference SDK
+            # refuses such bodies), so an overspend is reported beside a zero.
+            gauge: dict[str, Any] = {
+                "name": "cost.budget.remaining",
+                "value": float(max(remaining, Decimal(0))),
+                "unit": unit,
+            }
+            if remaining < 0:
+                gauge["dimensions"] = {"overspent": float(-remaining)}
+            await self._host._emit(self._job, "metric", gauge)
 
     async def progress(
         self,

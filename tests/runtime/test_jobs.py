@@ -136,8 +136,9 @@ async def test_spender_exhausts_its_budget(
         ("cost.inference", 0.4),
         ("cost.budget.remaining", 0.2),
         ("cost.inference", 0.4),
-        ("cost.budget.remaining", -0.2),
+        ("cost.budget.remaining", 0.0),
     ]
+    assert events[-1]["payload"]["body"]["dimensions"] == {"overspent": 0.2}
     assert terminal["type"] == "job.error"
     assert terminal["payload"]["code"] == "BUDGET_EXHAUSTED"
     assert terminal["payload"]["retryable"] is False  # §12
