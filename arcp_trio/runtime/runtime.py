@@ -473,15 +473,16 @@ class Runtime:
             self.config.resume_window_sec,
         )
         if not self._closing:
-            self._session_nursery.start_soon(self._expire_later, session, session.detach_generation)
+            deadline = now + self.config.resume_window_sec
+            self._session_nursery.start_soon(
+                self._expire_later, session, session.detach_generation, deadline
+            )
 
-    async def _expire_later(self, session: Session, generation: int) -> None:
-        deadline = session.window.deadline
-        assert deadline is not None
+    async def _expire_later(self, session: Session, generation: int, deadline: float) -> None:
+        """Forget the session at ``deadline`` unless it was resumed (or re-detached) since."""
         await trio.sleep_until(deadline)
-        if session.detach_generation != generation or session.connection is not None:
-            return
-        self._forget(session)
+        if session.detach_generation == generation and session.connection is None:
+            self._forget(session)
 
     def _forget(self, session: Session) -> None:
         """The resume window ended: drop the session. Its jobs keep running."""

@@ -330,3 +330,16 @@ async def test_session_resume_frame_dialect(
     flat = await third.hello(resume_token=welcome["payload"]["resume_token"], last_event_seq=0)
     assert flat["type"] == "session.welcome"
     assert flat["session_id"] == peer.session_id
+
+
+async def test_ruby_resume_dialect(
+    runtime: Runtime, nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    """``resume {token, last_event_seq}`` (WIRE.md §20, Ruby) is accepted too."""
+    peer, raw = await connect(runtime, nursery)
+    await peer.hello()
+    raw.abort()
+    again, _ = await connect(runtime, nursery)
+    welcome = await again.hello(resume={"token": peer.resume_token, "last_event_seq": 0})
+    assert welcome["type"] == "session.welcome"
+    assert welcome["session_id"] == peer.session_id

@@ -657,3 +657,69 @@ async def test_shutdown_ends_jobs_with_a_terminal_watchers_receive(
         fresh, _ = await connect(rt, nursery)
         reply = await fresh.hello()
         assert reply["type"] == "session.error"
+
+
+# -- result caps and job concurrency -----------------------------------------------------------
+
+
+async def test_large_writes_are_split_and_the_total_is_capped(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    registry = AgentRegistry()
+
+    @registry.agent("big")
+    async def big(input_: Any, ctx: JobContext) -> Any:
+        async with ctx.stream_result() as stream:
+            await stream.write("é" * input_["chars"])
+            await stream.write(b"\x00" * input_["bytes"])
+        return None
+
+    config = RuntimeConfig(result_chunk_bytes=1000, max_result_bytes=10_000)
+    async with open_runtime(
+        agents=registry, tokens=TOKENS, config=config, wall_clock=trio_wall_clock
+    ) as rt:
+        peer = await session(rt, nursery)
+        _, *chunks, terminal = await run_job(peer, "big", {"chars": 1500, "bytes": 2000})
+        bodies = [c["payload"]["body"] for c in chunks]
+        assert all(len(b["data"].encode()) <= 1000 for b in bodies)
+        text = "".join(b["data"] for b in bodies if b["encoding"] == "utf8")
+        raw = b"".join(base64.b64decode(b["data"]) for b in bodies if b["encoding"] == "base64")
+        assert text == "é" * 1500
+        assert raw == b"\x00" * 2000
+        assert terminal["payload"]["result_size"] == 3000 + 2000
+        # §14: exceeding the total cap MUST result in INTERNAL_ERROR.
+        *_, terminal = await run_job(peer, "big", {"chars": 6000, "bytes": 0})
+        assert terminal["type"] == "job.error"
+        assert terminal["payload"]["code"] == "INTERNAL_ERROR"
+
+
+async def test_jobs_beyond_the_concurrency_limit_wait_as_pending(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    config = RuntimeConfig(max_concurrent_jobs=1)
+    async with open_runtime(
+        agents=_registry(), tokens=TOKENS, config=config, wall_clock=trio_wall_clock
+    ) as rt:
+        peer = await session(rt, nursery)
+        first = (await peer.submit("slow", {"seconds": 5}))["job_id"]
+        second = (await peer.submit("slow", {"seconds": 5}))["job_id"]
+        await trio.sleep(1)
+        assert rt.jobs.get(first).status == "running"  # type: ignore[union-attr]
+        assert rt.jobs.get(second).status == "pending"  # type: ignore[union-attr]
+        assert rt.statistics().jobs_active == 2
+        start = trio.current_time()
+        await rt.wait_job_done(second)
+        assert trio.current_time() - start == 9
+
+
+async def test_ack_is_ignored_unless_negotiated(
+    runtime: Runtime, nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    peer = await session(runtime, nursery, features=["heartbeat"])
+    accepted = await peer.submit("echo", 1)
+    await peer.recv_terminal(accepted["job_id"])
+    await peer.send("session.ack", {"last_processed_seq": 2})
+    await trio.sleep(0.1)
+    state = runtime.session(peer.session_id)  # type: ignore[arg-type]
+    assert state is not None
+    assert len(state.buffer) == 2
