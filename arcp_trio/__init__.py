@@ -5,8 +5,10 @@ The everyday surface is re-exported here; see ``docs/`` for the guide.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from ._version import __version__ as __version__
+from .client import Client as Client
+from .client import JobHandle as JobHandle
+from .client import open_client as open_client
 from .runtime import AgentRegistry as AgentRegistry
 from .runtime import JobContext as JobContext
 from .runtime import Runtime as Runtime

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from . import __version__
+from ._version import __version__
 from .demo_agents import demo_registry
 from .runtime.config import RuntimeConfig
 from .runtime.runtime import Runtime, open_runtime

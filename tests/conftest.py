@@ -3,20 +3,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import pytest
-import trio
 
 from arcp_trio.demo_agents import demo_registry
 from arcp_trio.runtime.config import RuntimeConfig
 from arcp_trio.runtime.runtime import Runtime, open_runtime
-from arcp_trio.wire.timestamps import trio_wall_clock_at
-from tests.helpers import TOKENS
+from tests.helpers import TOKENS, trio_wall_clock
+from tests.links import Link
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-
-def trio_wall_clock():  # type: ignore[no-untyped-def]
-    return trio_wall_clock_at(trio.current_time())
+    import trio
 
 
 @pytest.fixture
@@ -30,3 +27,9 @@ async def runtime(config: RuntimeConfig) -> AsyncIterator[Runtime]:
         agents=demo_registry(), tokens=TOKENS, config=config, wall_clock=trio_wall_clock
     ) as rt:
         yield rt
+
+
+@pytest.fixture
+async def link(runtime: Runtime, nursery: trio.Nursery) -> Link:
+    """Client connections to ``runtime`` over in-memory transports, with faults."""
+    return Link(runtime, nursery)

@@ -15,12 +15,20 @@ from arcp_trio.protocol.session import ALL_FEATURES
 from arcp_trio.transport.memory import memory_transport_pair
 from arcp_trio.wire.codec import decode
 from arcp_trio.wire.ids import new_ulid
+from arcp_trio.wire.timestamps import trio_wall_clock_at
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
+    from datetime import datetime
 
     from arcp_trio.runtime.runtime import Runtime
     from arcp_trio.transport.base import Transport
+
+
+def trio_wall_clock() -> datetime:
+    """Wall-clock time that follows Trio's (Mock)Clock, so leases agree with it."""
+    return trio_wall_clock_at(trio.current_time())
+
 
 REFERENCE_FEATURES = [f for f in ALL_FEATURES if not f.startswith("x-vendor.")]
 TOKENS = {"tok-alice": "alice", "tok-bob": "bob"}

@@ -26,13 +26,13 @@ otherwise).
 from __future__ import annotations
 
 import logging
-from collections import deque
 from typing import TYPE_CHECKING
 
 import trio
 
 from ..protocol.session import HeartbeatAction, HeartbeatMonitor
 from ..transport.base import MessageTooLarge, Transport, TransportError
+from ..transport.outbox import Outbox
 from ..wire.codec import Envelope, decode, encode
 from ..wire.errors import ARCPError, ErrorCode, RemoteProtocolError
 from ..wire.ids import new_ulid
@@ -46,9 +46,6 @@ if TYPE_CHECKING:
 __all__ = ["Connection"]
 
 log = logging.getLogger(__name__)
-
-#: Frames written per ``send_messages`` call at most.
-_MAX_BATCH = 1024
 
 
 class Connection:
@@ -68,34 +65,25 @@ class Connection:
         self.transport = transport
         self._dispatch = dispatch
         self._heartbeat_interval = heartbeat_interval
-        self._high_water = high_water
-        self._low_water = max(1, high_water // 2)
         self._format_ping_time = format_ping_time
-        self.outbox: deque[str] = deque()
-        self._wakeup = trio.Event()
-        self._writable = trio.Event()
-        self._writable.set()
+        self.outbox = Outbox(high_water=high_water)
         self._scope: trio.CancelScope | None = None
-        self._close_after_flush = False
-        self.closed = False
         self.close_reason = ""
-        self.frames_sent = 0
         self.monitor = HeartbeatMonitor(
             interval=heartbeat_interval or 0.0, last_received=trio.current_time()
         )
 
+    @property
+    def closed(self) -> bool:
+        return self.outbox.closed
+
     # -- queueing (synchronous: called from handlers and event routing) -----------------
 
     def enqueue(self, frame: str) -> None:
-        if self.closed:
-            return
-        self.outbox.append(frame)
-        self._wakeup.set()
-        if len(self.outbox) >= self._high_water and self._writable.is_set():
-            self._writable = trio.Event()
+        self.outbox.enqueue(frame)
 
     def send(self, envelope: Envelope) -> None:
-        self.enqueue(encode(envelope))
+        self.outbox.enqueue(encode(envelope))
 
     def reply(
         self, message_type: MessageType, payload: object, *, job_id: str | None = None
@@ -129,32 +117,25 @@ class Connection:
         Returns at once if the connection is closed (a job must never stall on a
         connection that is gone).
         """
-        while not self.closed and len(self.outbox) >= self._high_water:
-            await self._writable.wait()
+        await self.outbox.wait_writable()
 
     @property
     def congested(self) -> bool:
-        return not self.closed and len(self.outbox) >= self._high_water
+        return self.outbox.congested
 
     # -- ending -------------------------------------------------------------------------
 
     def close_after_flush(self, reason: str) -> None:
         """End the connection once everything queued so far has been written."""
         self.close_reason = self.close_reason or reason
-        self._close_after_flush = True
-        self._wakeup.set()
+        self.outbox.stop_after_flush()
 
     def abort(self, reason: str) -> None:
         """End the connection now; queued frames stay in the session's buffer."""
         self.close_reason = self.close_reason or reason
-        self._mark_closed()
+        self.outbox.close()
         if self._scope is not None:
             self._scope.cancel()
-
-    def _mark_closed(self) -> None:
-        self.closed = True
-        self._writable.set()
-        self._wakeup.set()
 
     # -- the three tasks ------------------------------------------------------------------
 
@@ -170,7 +151,7 @@ class Connection:
                 if self._heartbeat_interval:
                     conn_nursery.start_soon(self._guard, self._heartbeat_loop, "heartbeat")
         finally:
-            self._mark_closed()
+            self.outbox.close()
             with trio.move_on_after(5, shield=True):
                 await self.transport.aclose()
 
@@ -198,23 +179,7 @@ class Connection:
             self.abort(self.close_reason or f"{name} task ended")
 
     async def _send_loop(self) -> None:
-        outbox = self.outbox
-        while True:
-            if not outbox:
-                if self._close_after_flush or self.closed:
-                    return
-                await self._wakeup.wait()
-                self._wakeup = trio.Event()
-                continue
-            if len(outbox) <= _MAX_BATCH:
-                batch = list(outbox)
-                outbox.clear()
-            else:
-                batch = [outbox.popleft() for _ in range(_MAX_BATCH)]
-            await self.transport.send_messages(batch)
-            self.frames_sent += len(batch)
-            if len(outbox) < self._low_water:
-                self._writable.set()
+        await self.outbox.run(self.transport)
 
     async def _receive_loop(self) -> None:
         while True:

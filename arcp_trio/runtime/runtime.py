@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
+from .._scopes import open_owner_nursery
 from ..protocol.eventlog import EventBuffer, OverflowNotice
 from ..protocol.job import HistoryEntry, JobRecord, JobStatus, JobTable, Terminal, fingerprint
 from ..protocol.leases import Budget, parse_lease
@@ -172,7 +173,7 @@ class Runtime:
             MessageType.JOB_UNSUBSCRIBE: self._on_unsubscribe,
         }
 
-    # == public surface ===================================================================
+    # == public surface ==========================================================================
 
     def statistics(self) -> RuntimeStatistics:
         return RuntimeStatistics(
@@ -271,7 +272,7 @@ class Runtime:
             self._session_nursery.cancel_scope.cancel()
         self._shutdown_done.set()
 
-    # == handshake (§6.1-§6.3) ============================================================
+    # == handshake (§6.1-§6.3) ===================================================================
 
     async def _handshake(self, transport: Transport) -> Connection | None:
         if self._closing:
@@ -494,7 +495,7 @@ class Runtime:
                 job.watchers.discard(session.session_id)
         log.info("session expired session_id=%s", session.session_id)
 
-    # == dispatch =========================================================================
+    # == dispatch ================================================================================
 
     async def _dispatch(self, connection: Connection, envelope: Envelope) -> None:
         handler = self._dispatch_table.get(envelope.type)
@@ -796,7 +797,7 @@ class Runtime:
             if job is not None and job.job_id not in session.submitted:
                 job.watchers.discard(session.session_id)
 
-    # == jobs =============================================================================
+    # == jobs ====================================================================================
 
     async def _run_job(self, job: JobRecord, function: Agent, input_: Any) -> None:
         live = self._live[job.job_id]
@@ -961,7 +962,7 @@ class Runtime:
             payload_json=payload_json,
         )
 
-    # == the JobContext's host interface =====================================================
+    # == the JobContext's host interface =========================================================
 
     async def _emit(self, job: JobRecord, kind: str, body: Any) -> None:
         if job.is_terminal:
@@ -1050,7 +1051,10 @@ async def open_runtime(
     ``shutdown_grace_sec`` to finish, then cancels them with a terminal that every
     watcher receives.
     """
-    async with trio.open_nursery() as job_nursery, trio.open_nursery() as session_nursery:
+    async with (
+        open_owner_nursery() as (job_nursery, body),
+        trio.open_nursery() as session_nursery,
+    ):
         runtime = Runtime(
             agents=agents,
             auth=BearerAuth(tokens),
@@ -1062,5 +1066,8 @@ async def open_runtime(
         )
         try:
             yield runtime
+        except BaseException as exc:
+            body.error = exc
+            raise
         finally:
             await runtime.shutdown()

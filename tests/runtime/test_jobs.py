@@ -16,8 +16,7 @@ from arcp_trio.protocol.session import SPEC_SHAPES_FEATURE
 from arcp_trio.runtime.agents import AgentRegistry
 from arcp_trio.runtime.config import RuntimeConfig
 from arcp_trio.runtime.runtime import Runtime, open_runtime
-from tests.conftest import trio_wall_clock
-from tests.helpers import REFERENCE_FEATURES, TOKENS, Peer, connect, events_of
+from tests.helpers import REFERENCE_FEATURES, TOKENS, Peer, connect, events_of, trio_wall_clock
 
 if TYPE_CHECKING:
     from arcp_trio.runtime.context import JobContext
