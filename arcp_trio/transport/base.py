@@ -1,0 +1,123 @@
+"""The transport interface every ARCP carrier implements, and its errors.
+
+A transport moves complete JSON texts (one ARCP envelope each) between two peers. It
+knows nothing about envelopes: framing, size limits, liveness of the carrier and error
+mapping live here; decoding lives in ``arcp_trio.wire``.
+
+Error tree (all under :class:`~arcp_trio.wire.errors.ARCPError`)::
+
+    TransportError          something went wrong with the carrier
+    ├─ TransportClosed      *we* closed it (``aclose`` was called)
+    ├─ TransportBroken      the peer closed it, or the network failed
+    └─ MessageTooLarge      one inbound message was over the limit and was dropped;
+                            the transport is still usable (recoverable)
+
+No trio, wsproto or OS exception type escapes a transport: each implementation maps
+them at its edge.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from arcp_trio.wire.errors import ARCPError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "MessageTooLarge",
+    "Transport",
+    "TransportBroken",
+    "TransportClosed",
+    "TransportError",
+    "utf8_size",
+]
+
+#: Inbound messages larger than this many bytes are refused by default (1 MiB, the
+#: ``websockets`` library default the reference SDK runs with; WIRE.md §1).
+DEFAULT_MAX_MESSAGE_SIZE = 1 << 20
+
+
+class TransportError(ARCPError):
+    """The carrier under a session failed or was closed (code ``INTERNAL_ERROR``)."""
+
+
+class TransportClosed(TransportError):
+    """We closed this transport (``aclose`` was called); it cannot be used any more."""
+
+
+class TransportBroken(TransportError):
+    """The peer closed the transport, or the network failed under it."""
+
+
+class MessageTooLarge(TransportError):
+    """An inbound message exceeded the transport's limit and was discarded.
+
+    Recoverable: the transport stays usable and the next ``receive_message`` returns
+    the next message.
+
+    Attributes:
+        size: bytes of the message seen before giving up (at least ``limit + 1``; the
+            whole message when the transport had to read it all to skip it).
+        limit: the transport's ``max_message_size``.
+    """
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"inbound message of at least {size} bytes exceeds the limit of {limit}")
+        self.size = size
+        self.limit = limit
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """A bidirectional carrier of complete JSON texts.
+
+    Concurrency: one task may call ``receive_message`` in a loop while other tasks call
+    ``send_message``/``send_messages``; sends are serialized internally and never
+    interleave. Two concurrent ``receive_message`` calls are a bug (``RuntimeError``).
+    """
+
+    async def send_message(self, message: str) -> None:
+        """Send one complete JSON text.
+
+        Raises:
+            TransportClosed: ``aclose`` was called.
+            TransportBroken: the peer or network failed, now or before.
+
+        Cancellation: if cancelled part-way through a write the transport is broken
+        (later calls raise ``TransportBroken``); it never goes on after a torn write.
+        """
+        ...
+
+    async def send_messages(self, messages: Sequence[str]) -> None:
+        """Send several texts, in order, in as few carrier writes as possible.
+
+        Same errors and cancellation semantics as :meth:`send_message`.
+        """
+        ...
+
+    async def receive_message(self) -> str:
+        """Wait for the next complete inbound message.
+
+        Raises:
+            MessageTooLarge: a message over the limit was discarded (recoverable).
+            TransportClosed: ``aclose`` was called.
+            TransportBroken: the peer closed the transport or the network failed.
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Close the transport. Idempotent, bounded in time, never raises."""
+        ...
+
+    @property
+    def description(self) -> str:
+        """A short human-readable name of the peer for logs, e.g. ``ws 127.0.0.1:5555``."""
+        ...
+
+
+def utf8_size(text: str) -> int:
+    """Length of ``text`` encoded as UTF-8, without encoding ASCII text."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))

@@ -1,0 +1,767 @@
+"""WebSocket transport: RFC 6455 over any Trio stream, driven by wsproto.
+
+Theory of operation
+-------------------
+A :class:`WebSocketTransport` pairs one ``trio.abc.Stream`` with one
+``wsproto.WSConnection`` whose opening handshake is complete. wsproto is sans-IO: it
+turns bytes into events and events into bytes; this module owns every read and write.
+
+*Sending.* Every write to the stream happens under ``_send_lock`` (a
+``StrictFIFOLock``), so frames from concurrent senders never interleave.
+``send_messages`` encodes the whole batch with wsproto, joins the bytes and hands them
+to the stream in **one** ``send_all``: a chatty job costs one socket write per batch,
+not one per event. The receive path also writes (pong, close reply); when a sender
+holds the lock it does not wait (two peers both blocked writing and both waiting to
+pong would deadlock) but appends the control frame to ``_control``, which the lock
+holder flushes right after its own write. A write interrupted part-way (cancellation)
+may have left a torn frame on the wire, so the transport is marked broken and the
+stream closed: nothing is ever written after a torn frame.
+
+*Receiving.* One task at a time reads 64 KiB chunks, feeds wsproto and queues the
+resulting events in ``_events``. Message fragments are joined until
+``message_finished``; once a message's size passes ``max_message_size`` its bytes are
+counted and dropped instead of buffered, and ``MessageTooLarge`` is raised when it
+ends, leaving the transport usable. Pings are answered; a close frame from the peer is
+answered and ends the transport (``TransportBroken``); bytes wsproto cannot parse end
+it too, after a close frame with wsproto's code (1002, 1007, ...).
+
+*Closing.* ``aclose`` sends a close frame, then waits for the peer's close frame (or
+EOF) before closing the stream (RFC 6455 §7.1.1): closing a socket with unread data
+makes the kernel send RST, which can destroy the last frames we sent before the peer
+reads them. If a receive is in progress its task drains on our behalf; otherwise
+``aclose`` drains itself. All of it runs shielded under ``close_timeout``, then the
+stream is closed unconditionally.
+
+Every trio, wsproto and OS error is mapped to ``TransportClosed`` (we closed it) or
+``TransportBroken`` (the peer or network did) here; none escapes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http
+import logging
+import ssl
+import urllib.parse
+from collections import deque
+from typing import TYPE_CHECKING, NoReturn
+
+import attrs
+import trio
+from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Event,
+    Ping,
+    RejectConnection,
+    Request,
+    TextMessage,
+)
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
+
+from arcp_trio.transport.base import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    MessageTooLarge,
+    Transport,
+    TransportBroken,
+    TransportClosed,
+    TransportError,
+    utf8_size,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Iterable, Sequence
+
+__all__ = [
+    "DEFAULT_CLOSE_TIMEOUT",
+    "WebSocketServerInfo",
+    "WebSocketTransport",
+    "connect_websocket",
+    "serve_websocket_transport",
+    "websocket_client_handshake",
+    "websocket_server_handshake",
+]
+
+log = logging.getLogger(__name__)
+
+#: Bytes requested from the stream per read.
+RECEIVE_CHUNK = 64 * 1024
+#: Seconds ``aclose`` waits for the closing handshake (and a busy sender) at most.
+DEFAULT_CLOSE_TIMEOUT = 2.0
+
+_NORMAL_CLOSURE = 1000
+_CAN_SEND = frozenset({ConnectionState.OPEN})
+_CAN_CLOSE = frozenset({ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING})
+_INTERNAL_ERROR = 1011
+
+
+class WebSocketTransport:
+    """The :class:`~arcp_trio.transport.base.Transport` interface over one WebSocket.
+
+    Built by :func:`connect_websocket`, :func:`serve_websocket_transport` or the two
+    handshake helpers; the constructor takes a stream and a ``WSConnection`` whose
+    opening handshake is already complete.
+
+    Args:
+        stream: the byte stream under the WebSocket (owned from now on).
+        connection: the wsproto connection, in state ``OPEN``.
+        max_message_size: inbound limit per message, in bytes.
+        close_timeout: seconds ``aclose`` spends on the closing handshake at most.
+        description: peer description for logs.
+        pending_events: events wsproto produced during the handshake that belong to
+            the connection (frames that arrived in the same read as the 101).
+    """
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        connection: WSConnection,
+        *,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+        description: str = "ws",
+        pending_events: Iterable[Event] = (),
+    ) -> None:
+        if connection.state is not ConnectionState.OPEN:
+            raise ValueError(f"the WebSocket must be OPEN, not {connection.state.name}")
+        self._stream = stream
+        self._ws = connection
+        self._max_message_size = max_message_size
+        self._close_timeout = close_timeout
+        self._description = description
+        self._send_lock = trio.StrictFIFOLock()
+        self._control = bytearray()
+        self._events: deque[Event] = deque(pending_events)
+        # The message being assembled (text or binary parts).
+        self._text_parts: list[str] = []
+        self._byte_parts: list[bytes | bytearray] = []
+        self._buffered = 0
+        self._discarding = False
+        # Lifecycle.
+        self._closed = False
+        self._broken: str | None = None
+        self._stream_closed = False
+        self._eof = False
+        self._receiving = False
+        self._close_seen = trio.Event()
+
+    @property
+    def description(self) -> str:
+        """``ws <peer host>:<port>``."""
+        return self._description
+
+    # -- errors ---------------------------------------------------------------------------
+
+    def _unusable_error(self) -> TransportError:
+        if self._closed:
+            return TransportClosed(f"{self._description}: transport closed")
+        return TransportBroken(self._broken or f"{self._description}: connection closed")
+
+    def _check_usable(self) -> None:
+        if self._closed or self._broken is not None:
+            raise self._unusable_error()
+
+    def _mark_broken(self, reason: str) -> None:
+        if self._broken is None:
+            self._broken = reason
+            log.info("websocket ended peer=%s reason=%s", self._description, reason)
+        self._close_seen.set()
+
+    async def _fail(self, reason: str) -> NoReturn:
+        """Mark the transport broken, close the stream, raise ``TransportBroken``."""
+        self._mark_broken(reason)
+        await self._close_stream()
+        raise self._unusable_error()
+
+    def _writable(self, states: frozenset[ConnectionState] = _CAN_SEND) -> bool:
+        """Whether a frame may be written now (re-read after every await)."""
+        return self._broken is None and not self._stream_closed and self._ws.state in states
+
+    async def _close_stream(self) -> None:
+        if not self._stream_closed:
+            self._stream_closed = True
+            await trio.aclose_forcefully(self._stream)
+
+    # -- sending --------------------------------------------------------------------------
+
+    async def send_message(self, message: str) -> None:
+        """Send one text frame (see :meth:`send_messages`)."""
+        await self.send_messages((message,))
+
+    async def send_messages(self, messages: Sequence[str]) -> None:
+        """Send one text frame per message, all of them in a single stream write.
+
+        Raises:
+            TransportClosed: ``aclose`` was called.
+            TransportBroken: the peer closed the WebSocket or the network failed.
+
+        Cancellation: cancelled before the write starts, nothing is sent and the
+        transport stays usable; cancelled part-way through it, the transport is broken
+        and closed (later calls raise ``TransportBroken``).
+        """
+        self._check_usable()
+        async with self._send_lock:
+            self._check_usable()
+            try:
+                data = b"".join([self._ws.send(TextMessage(data=text)) for text in messages])
+            except LocalProtocolError as exc:
+                # wsproto refuses data frames once either side has begun closing.
+                raise TransportBroken(
+                    f"{self._description}: cannot send, the WebSocket is {self._ws.state.name}"
+                ) from exc
+            if data:
+                await self._write(data)
+            else:
+                await trio.lowlevel.checkpoint()
+
+    async def _write(self, data: bytes) -> None:
+        """Write ``data`` (plus queued control frames) to the stream. Lock held."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._control:
+            data = bytes(self._control) + data
+            self._control.clear()
+        try:
+            await self._stream.send_all(data)
+            while self._control:
+                # Control frames the receive path queued while we were writing.
+                data = bytes(self._control)
+                self._control.clear()
+                await self._stream.send_all(data)
+        except trio.ClosedResourceError as exc:
+            raise self._unusable_error() from exc
+        except (trio.BrokenResourceError, trio.BusyResourceError, OSError) as exc:
+            await self._fail(f"{self._description}: send failed: {exc!r}")
+        except BaseException:
+            # Cancelled (or interrupted) inside send_all: part of a frame may be on the
+            # wire. Nothing may follow it, so this connection is over.
+            self._mark_broken(f"{self._description}: a send was interrupted part-way")
+            await self._close_stream()
+            raise
+
+    async def _send_control(self, event: Event) -> None:
+        """Send a control frame from the receive path without waiting on a sender."""
+        if not self._writable():
+            return
+        if self._send_lock.locked():
+            self._control += self._ws.send(event)
+            return
+        async with self._send_lock:
+            if self._writable():
+                await self._write(self._ws.send(event))
+
+    # -- receiving ------------------------------------------------------------------------
+
+    async def receive_message(self) -> str:
+        """Return the next complete message (text, or binary decoded as UTF-8).
+
+        Binary messages that are not valid UTF-8 are decoded with replacement
+        characters, so the caller answers them as bad JSON.
+
+        Raises:
+            MessageTooLarge: a message over ``max_message_size`` was discarded.
+            TransportClosed: ``aclose`` was called.
+            TransportBroken: the peer closed the WebSocket, sent bytes that are not
+                WebSocket, or the network failed.
+            RuntimeError: another task is already in ``receive_message``.
+
+        Cancellation: safe; no data is lost and the transport stays usable.
+        """
+        self._check_usable()
+        if self._receiving:
+            raise RuntimeError("another task is already receiving on this transport")
+        self._receiving = True
+        try:
+            while True:
+                while self._events and not self._closed:
+                    message = await self._handle_event(self._events.popleft())
+                    if message is not None:
+                        return message
+                if self._closed:
+                    # aclose is waiting for the peer's close frame: read it for it.
+                    await self._drain_until_close()
+                    raise self._unusable_error()
+                await self._read_more()
+        finally:
+            self._receiving = False
+
+    async def _read_more(self) -> None:
+        """Read one chunk and queue the events it produces."""
+        try:
+            data = await self._stream.receive_some(RECEIVE_CHUNK)
+        except trio.ClosedResourceError as exc:
+            raise self._unusable_error() from exc
+        except (trio.BrokenResourceError, trio.BusyResourceError, OSError) as exc:
+            await self._fail(f"{self._description}: receive failed: {exc!r}")
+        if not data:
+            self._eof = True
+        try:
+            # None tells wsproto the stream ended: it queues CloseConnection(1006).
+            self._ws.receive_data(bytes(data) if data else None)
+            self._events.extend(self._ws.events())
+        except (LocalProtocolError, RemoteProtocolError) as exc:
+            await self._fail(f"{self._description}: WebSocket protocol error: {exc}")
+
+    async def _handle_event(self, event: Event) -> str | None:
+        if isinstance(event, (TextMessage, BytesMessage)):
+            return self._on_data(event)
+        if isinstance(event, Ping):
+            await self._send_control(event.response())
+        elif isinstance(event, CloseConnection):
+            await self._on_close(event)
+        # Pong and anything else: nothing to do.
+        return None
+
+    def _on_data(self, event: TextMessage | BytesMessage) -> str | None:
+        data = event.data
+        size = utf8_size(data) if isinstance(data, str) else len(data)
+        limit = self._max_message_size
+        if self._discarding:
+            self._buffered += size
+        elif (
+            event.message_finished
+            and size <= limit
+            and not self._text_parts
+            and not self._byte_parts
+        ):
+            # Fast path: the whole message arrived in one piece.
+            return data if isinstance(data, str) else data.decode("utf-8", "replace")
+        else:
+            self._buffered += size
+            if self._buffered > limit:
+                self._discarding = True
+                self._text_parts.clear()
+                self._byte_parts.clear()
+            elif isinstance(data, str):
+                self._text_parts.append(data)
+            else:
+                self._byte_parts.append(data)
+        if not event.message_finished:
+            return None
+        seen, self._buffered = self._buffered, 0
+        if self._discarding:
+            self._discarding = False
+            log.warning(
+                "discarded oversized message peer=%s size=%d limit=%d",
+                self._description,
+                seen,
+                limit,
+            )
+            raise MessageTooLarge(seen, limit)
+        if isinstance(event, TextMessage):
+            text = "".join(self._text_parts)
+            self._text_parts.clear()
+            return text
+        text = b"".join(self._byte_parts).decode("utf-8", "replace")
+        self._byte_parts.clear()
+        return text
+
+    async def _on_close(self, event: CloseConnection) -> NoReturn:
+        reply: CloseConnection | None = None
+        if self._eof:
+            reason = "the peer closed the connection without a WebSocket close frame"
+        elif self._ws.state is ConnectionState.REMOTE_CLOSING:
+            reason = f"the peer closed the WebSocket (code {event.code}"
+            reason += f", reason {event.reason!r})" if event.reason else ")"
+            reply = event.response()
+        elif self._ws.state is ConnectionState.CLOSED:
+            # We had sent a close frame already; this one completes the handshake.
+            reason = f"the WebSocket was closed (code {event.code})"
+        else:
+            # wsproto could not parse what the peer sent; it suggests a close code.
+            reason = f"WebSocket protocol error from the peer: {event.reason} (code {event.code})"
+            reply = CloseConnection(code=event.code, reason=event.reason)
+        # Broken first: a cancel while we answer must not leave the transport usable.
+        self._mark_broken(f"{self._description}: {reason}")
+        try:
+            if reply is not None:
+                with trio.move_on_after(self._close_timeout):
+                    async with self._send_lock:
+                        if not self._stream_closed and self._ws.state in _CAN_CLOSE:
+                            with contextlib.suppress(TransportError):
+                                await self._write(self._ws.send(reply))
+        finally:
+            await self._close_stream()
+        raise self._unusable_error()
+
+    async def _drain_until_close(self) -> None:
+        """Read and discard until the peer's close frame or EOF (we sent ours)."""
+        try:
+            while True:
+                while self._events:
+                    if isinstance(self._events.popleft(), CloseConnection):
+                        return
+                if self._broken is not None or self._stream_closed:
+                    return
+                await self._read_more()
+        except TransportError:
+            pass
+        finally:
+            # Also when cancelled: nobody is reading for aclose any more.
+            self._close_seen.set()
+
+    # -- closing --------------------------------------------------------------------------
+
+    async def aclose(self, *, code: int = _NORMAL_CLOSURE, reason: str = "") -> None:
+        """Close the WebSocket: close frame, wait for the peer's, close the stream.
+
+        Idempotent; never raises because of the peer. Bounded by ``close_timeout``.
+
+        Args:
+            code: the close code to send (1000 normal closure; 1011 internal error).
+            reason: the close reason to send (truncated to fit a control frame).
+
+        Cancellation: shielded; the stream is closed in every case.
+        """
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        self._closed = True
+        try:
+            with trio.move_on_after(self._close_timeout, shield=True):
+                await self._closing_handshake(code, reason)
+        finally:
+            await self._close_stream()
+
+    async def _closing_handshake(self, code: int, reason: str) -> None:
+        if self._broken is not None or self._stream_closed:
+            return
+        try:
+            async with self._send_lock:
+                if self._writable(_CAN_CLOSE):
+                    await self._write(self._ws.send(CloseConnection(code=code, reason=reason)))
+        except (TransportError, LocalProtocolError):
+            return
+        if self._ws.state is not ConnectionState.LOCAL_CLOSING:
+            return
+        if self._receiving:
+            # The receiving task reads the peer's close frame for us.
+            await self._close_seen.wait()
+            return
+        self._receiving = True
+        try:
+            await self._drain_until_close()
+        finally:
+            self._receiving = False
+
+
+# == handshakes ===========================================================================
+
+
+def _http_rejection(status: int, headers: Iterable[tuple[bytes, bytes]] = ()) -> bytes:
+    """A complete bodiless HTTP/1.1 error response that closes the connection."""
+    try:
+        phrase = http.HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Error"
+    lines = [f"HTTP/1.1 {status} {phrase}".encode("ascii")]
+    lines += [name + b": " + value for name, value in headers]
+    lines += [b"content-length: 0", b"connection: close"]
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+async def websocket_server_handshake(
+    stream: trio.abc.Stream,
+    *,
+    path: str = "/arcp",
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+    description: str = "ws",
+) -> WebSocketTransport | None:
+    """Answer a client's opening handshake on ``stream``.
+
+    A request for another path (the query string is ignored) is refused with HTTP 404,
+    a malformed upgrade with wsproto's suggested 4xx. No subprotocol and no extension is
+    accepted (in particular not permessage-deflate, which ``websockets`` offers).
+
+    Returns:
+        The transport, or ``None`` if the request was refused (the caller closes the
+        stream).
+
+    Raises:
+        TransportBroken: the stream failed or ended during the handshake.
+
+    Cancellation: unbounded on its own; callers wrap it in a timeout. The stream is
+    not closed here.
+    """
+    ws = WSConnection(ConnectionType.SERVER)
+    request: Request | None = None
+    try:
+        while request is None:
+            data = await stream.receive_some(RECEIVE_CHUNK)
+            if not data:
+                raise TransportBroken(f"{description}: peer closed during the WebSocket handshake")
+            try:
+                ws.receive_data(bytes(data))
+            except RemoteProtocolError as exc:
+                hint = exc.event_hint
+                status = hint.status_code if isinstance(hint, RejectConnection) else 400
+                headers = hint.headers if isinstance(hint, RejectConnection) else []
+                log.info("refused malformed upgrade peer=%s error=%s", description, exc)
+                await stream.send_all(_http_rejection(status, headers))
+                return None
+            for event in ws.events():
+                if isinstance(event, Request):
+                    request = event
+                    break
+        requested = urllib.parse.urlsplit(request.target).path
+        if requested != path:
+            log.info("refused upgrade peer=%s path=%r status=404", description, requested)
+            await stream.send_all(_http_rejection(404))
+            return None
+        await stream.send_all(ws.send(AcceptConnection()))
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+        raise TransportBroken(f"{description}: WebSocket handshake failed: {exc!r}") from exc
+    log.debug("accepted websocket peer=%s path=%s", description, path)
+    return WebSocketTransport(
+        stream,
+        ws,
+        max_message_size=max_message_size,
+        close_timeout=close_timeout,
+        description=description,
+    )
+
+
+async def websocket_client_handshake(
+    stream: trio.abc.Stream,
+    *,
+    host: str,
+    resource: str = "/arcp",
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+    description: str = "ws",
+) -> WebSocketTransport:
+    """Perform the client's opening handshake on ``stream``.
+
+    Args:
+        stream: a connected byte stream (TCP, TLS or in-memory).
+        host: the ``Host`` header value (``host`` or ``host:port``).
+        resource: the request target, path plus optional query.
+
+    Raises:
+        TransportBroken: the server refused the upgrade (the message names the HTTP
+            status), answered with something that is not a valid upgrade, or the
+            stream failed.
+
+    Cancellation: unbounded on its own; callers wrap it in a timeout. The stream is
+    not closed here.
+    """
+    ws = WSConnection(ConnectionType.CLIENT)
+    try:
+        await stream.send_all(ws.send(Request(host=host, target=resource)))
+        while True:
+            data = await stream.receive_some(RECEIVE_CHUNK)
+            if not data:
+                raise TransportBroken(
+                    f"{description}: server closed the connection during the WebSocket handshake"
+                )
+            ws.receive_data(bytes(data))
+            events = list(ws.events())
+            for index, event in enumerate(events):
+                if isinstance(event, AcceptConnection):
+                    return WebSocketTransport(
+                        stream,
+                        ws,
+                        max_message_size=max_message_size,
+                        close_timeout=close_timeout,
+                        description=description,
+                        pending_events=events[index + 1 :],
+                    )
+                if isinstance(event, RejectConnection):
+                    raise TransportBroken(
+                        f"{description}: WebSocket upgrade of {resource!r} rejected "
+                        f"with HTTP {event.status_code}"
+                    )
+    except RemoteProtocolError as exc:
+        raise TransportBroken(f"{description}: invalid WebSocket handshake: {exc}") from exc
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+        raise TransportBroken(f"{description}: WebSocket handshake failed: {exc!r}") from exc
+
+
+# == client ===============================================================================
+
+
+@attrs.frozen
+class _WebSocketURL:
+    secure: bool
+    host: str
+    port: int
+    resource: str
+
+    @property
+    def host_header(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if self.secure else 80
+        return host if self.port == default else f"{host}:{self.port}"
+
+
+def _parse_url(url: str) -> _WebSocketURL:
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("ws", "wss"):
+        raise ValueError(f"not a ws:// or wss:// URL: {url!r}")
+    if not parts.hostname:
+        raise ValueError(f"no host in URL: {url!r}")
+    secure = parts.scheme == "wss"
+    port = parts.port if parts.port is not None else (443 if secure else 80)
+    resource = parts.path or "/"
+    if parts.query:
+        resource += "?" + parts.query
+    return _WebSocketURL(secure=secure, host=parts.hostname, port=port, resource=resource)
+
+
+def _format_address(address: object) -> str:
+    if isinstance(address, tuple) and len(address) >= 2:
+        host, port = address[0], address[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(address)
+
+
+async def connect_websocket(
+    url: str,
+    *,
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    connect_timeout: float = 10.0,
+    close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+    ssl_context: ssl.SSLContext | None = None,
+) -> WebSocketTransport:
+    """Open a WebSocket to ``url`` (``ws://host:port/arcp``; ``wss://`` uses TLS).
+
+    Args:
+        url: the endpoint; path and query are sent as the request target.
+        max_message_size: inbound limit per message, in bytes.
+        connect_timeout: seconds for TCP connect, TLS and the upgrade together.
+        close_timeout: seconds ``aclose`` spends on the closing handshake at most.
+        ssl_context: for ``wss://``; defaults to ``ssl.create_default_context()``.
+
+    Raises:
+        ValueError: ``url`` is not a ws:// or wss:// URL.
+        TransportBroken: the connection failed, timed out or the upgrade was refused.
+
+    Cancellation: the half-open connection is closed.
+    """
+    target = _parse_url(url)
+    description = f"ws {_format_address((target.host, target.port))}"
+    with trio.move_on_after(connect_timeout):
+        try:
+            tcp = await trio.open_tcp_stream(target.host, target.port)
+        except OSError as exc:
+            raise TransportBroken(f"{description}: cannot connect to {url}: {exc}") from exc
+        stream: trio.abc.Stream = tcp
+        try:
+            if target.secure:
+                tls = trio.SSLStream(
+                    tcp, ssl_context or ssl.create_default_context(), server_hostname=target.host
+                )
+                stream = tls
+                try:
+                    await tls.do_handshake()
+                except trio.BrokenResourceError as exc:
+                    raise TransportBroken(f"{description}: TLS handshake failed: {exc}") from exc
+            return await websocket_client_handshake(
+                stream,
+                host=target.host_header,
+                resource=target.resource,
+                max_message_size=max_message_size,
+                close_timeout=close_timeout,
+                description=description,
+            )
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
+    raise TransportBroken(f"{description}: timed out after {connect_timeout} s connecting to {url}")
+
+
+# == server ===============================================================================
+
+
+@attrs.frozen
+class WebSocketServerInfo:
+    """Where :func:`serve_websocket_transport` listens (reported via ``task_status``).
+
+    Attributes:
+        host: the bound address (as the socket reports it).
+        port: the bound port (the real one when 0 was asked for).
+        path: the endpoint path.
+    """
+
+    host: str
+    port: int
+    path: str = "/arcp"
+
+    @property
+    def url(self) -> str:
+        """``ws://host:port/path``."""
+        return f"ws://{_format_address((self.host, self.port))}{self.path}"
+
+
+async def serve_websocket_transport(
+    handler: Callable[[Transport], Awaitable[None]],
+    host: str,
+    port: int,
+    *,
+    path: str = "/arcp",
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    handshake_timeout: float = 10.0,
+    close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+    task_status: trio.TaskStatus[WebSocketServerInfo] = trio.TASK_STATUS_IGNORED,
+) -> NoReturn:
+    """Accept WebSocket connections on ``ws://host:port{path}`` until cancelled.
+
+    Each connection gets its own task: the opening handshake (bounded by
+    ``handshake_timeout``; any other path is refused with HTTP 404 and ``handler`` is
+    not called), then ``await handler(transport)``, then ``transport.aclose()``.
+    An exception from ``handler`` is logged at ERROR and closes that connection with
+    code 1011; it never reaches the server or another connection.
+
+    ``task_status.started`` receives a :class:`WebSocketServerInfo` with the bound
+    port (``port=0`` picks a free one).
+
+    Cancellation: stops accepting and cancels every connection's task.
+    """
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    try:
+        bound = listeners[0].socket.getsockname()
+        info = WebSocketServerInfo(host=str(bound[0]), port=int(bound[1]), path=path)
+    except BaseException:
+        for listener in listeners:
+            await trio.aclose_forcefully(listener)
+        raise
+
+    async def serve_connection(stream: trio.SocketStream) -> None:
+        try:
+            peer = _format_address(stream.socket.getpeername())
+        except OSError:
+            peer = "?"
+        description = f"ws {peer}"
+        try:
+            transport: WebSocketTransport | None = None
+            with trio.move_on_after(handshake_timeout):
+                transport = await websocket_server_handshake(
+                    stream,
+                    path=path,
+                    max_message_size=max_message_size,
+                    close_timeout=close_timeout,
+                    description=description,
+                )
+            if transport is None:
+                log.info("websocket handshake timed out or refused peer=%s", peer)
+                return
+            try:
+                await handler(transport)
+            except Exception:
+                log.error("websocket handler failed peer=%s", peer, exc_info=True)
+                await transport.aclose(code=_INTERNAL_ERROR, reason="internal error")
+            finally:
+                await transport.aclose()
+        except TransportError as exc:
+            log.info("websocket handshake failed peer=%s reason=%s", peer, exc)
+        except Exception:
+            log.error("websocket connection failed peer=%s", peer, exc_info=True)
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    log.info("serving websocket url=%s", info.url)
+    task_status.started(info)
+    await trio.serve_listeners(serve_connection, listeners)
