@@ -29,7 +29,7 @@ def interop(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
     """ruff, ruff format --check, mypy --strict, and the layer-arrow test."""
-    session.install("-e", ".[lint]")
+    session.install("-e", ".[test,lint]")
     session.run("ruff", "check", "arcp_trio", "tests", "noxfile.py")
     session.run("ruff", "format", "--check", "arcp_trio", "tests", "noxfile.py")
     session.run("mypy")
