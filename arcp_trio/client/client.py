@@ -147,6 +147,8 @@ class _Attempt:
     outbox: Outbox
     monitor: HeartbeatMonitor | None
     scope: trio.CancelScope | None = None
+    #: Ended by heartbeat loss: the link is half-open, a closing handshake would stall.
+    heartbeat_lost: bool = False
 
 
 class Client:
@@ -202,8 +204,11 @@ class Client:
         self._state = "connecting"
         self.reconnects = 0
         self._closed = False
+        #: The session.close / session.bye sent by ``aclose()``, while it waits.
+        self._closing: _Request | None = None
         self._lost: ARCPError | None = None
         self._supervisor_scope: trio.CancelScope | None = None
+        self._closers: trio.Nursery | None = None
 
     # == public API ===========================================================================
 
@@ -350,10 +355,14 @@ class Client:
         if attempt is not None and self.session_id is not None:
             close_type = MessageType.SESSION_CLOSE if self._strict else MessageType.SESSION_BYE
             request = _Request(close_type, {"reason": "client.close"})
+            # The reference runtime answers bye by closing the socket: the supervisor
+            # then resolves this instead of resuming (and re-sending the bye).
+            self._closing = request
             self._pending[request.id] = request
             self._send_request(request)
             with trio.move_on_after(2):
                 await request.done.wait()
+            self._pending.pop(request.id, None)
         self._closed = True
         self._state = "closed"
         self._fail_everything(ClientClosed("the client was closed"))
@@ -439,15 +448,19 @@ class Client:
         """
         with trio.CancelScope() as scope:
             self._supervisor_scope = scope
-            while True:
-                await self._run_attempt(transport, welcome, task_status)
-                task_status = trio.TASK_STATUS_IGNORED
-                if self._closed:
-                    return
-                reconnected = await self._reconnect()
-                if reconnected is None:
-                    return
-                transport, welcome = reconnected
+            async with trio.open_nursery() as self._closers:
+                while True:
+                    await self._run_attempt(transport, welcome, task_status)
+                    task_status = trio.TASK_STATUS_IGNORED
+                    if self._closing is not None:
+                        self._closing.resolve(None)  # the connection ended: closed
+                        return
+                    if self._closed:
+                        return
+                    reconnected = await self._reconnect()
+                    if reconnected is None:
+                        return
+                    transport, welcome = reconnected
 
     async def _reconnect(self) -> tuple[Transport, Envelope] | None:
         """Back off and resume until it works or the session is gone."""
@@ -583,7 +596,12 @@ class Client:
             self._attempt = None
             self._connected = trio.Event()
             attempt.outbox.close()
-            await _close_quietly(transport)
+            if attempt.heartbeat_lost and self._closers is not None:
+                # Nothing arrives on a half-open link: its closing handshake could only
+                # time out, so it must not delay the resume.
+                self._closers.start_soon(_close_quietly, transport)
+            else:
+                await _close_quietly(transport)
 
     async def _guard(
         self, task: Callable[[_Attempt], Awaitable[None]], attempt: _Attempt, name: str
@@ -627,6 +645,7 @@ class Client:
                 )
             elif action is HeartbeatAction.DEAD:
                 # §6.4: two silent intervals; end this attempt and resume.
+                attempt.heartbeat_lost = True
                 raise HeartbeatLost("no frame from the runtime for two heartbeat intervals")
 
     async def _ack_loop(self, attempt: _Attempt) -> None:

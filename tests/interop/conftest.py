@@ -316,3 +316,19 @@ def serve_runtime_fixture(
 def run_driver_fixture() -> Callable[..., dict[str, Any]]:
     """``run_driver(url, token, scenario, args) -> dict`` (see ``run_driver``)."""
     return run_driver
+
+
+@pytest.fixture(scope="session")
+def reference_runtime() -> Iterator[RuntimeProcess]:
+    """The REFERENCE runtime (``ref_server.py``), whatever ``ARCP_INTEROP_RUNTIME`` says:
+    TOKENS, a 1 s heartbeat, a 30 s resume window. For our client's interop tests."""
+    with serve_runtime("reference", TOKENS, HEARTBEAT_SEC, RESUME_WINDOW_SEC) as rt:
+        yield rt
+
+
+@pytest.fixture(scope="session")
+def arcp_trio_runtime() -> Iterator[RuntimeProcess]:
+    """OUR runtime (``python -m arcp_trio serve``), whatever ``ARCP_INTEROP_RUNTIME`` says:
+    TOKENS, a 1 s heartbeat, a 30 s resume window. For our client's interop tests."""
+    with serve_runtime("arcp_trio", TOKENS, HEARTBEAT_SEC, RESUME_WINDOW_SEC) as rt:
+        yield rt

@@ -86,7 +86,8 @@ def test_handshake(runtime: Any, run_driver: Driver) -> None:
         a["name"]: (sorted(a["versions"]), a.get("default"))
         for a in welcome["capabilities"]["agents"]
     }
-    assert inventory == AGENTS
+    # The six core demo agents, exactly; the runtime may host more.
+    assert {name: inventory.get(name) for name in AGENTS} == AGENTS
 
 
 # --------------------------------------------------------------------------- one job each
