@@ -126,6 +126,8 @@ class _Request:
     id: str = attrs.field(factory=new_ulid)
     job_id: str | None = None
     trace_id: str | None = None
+    #: For the client's own re-subscriptions: the stream that fails if it fails.
+    stream: _Stream | None = None
     done: trio.Event = attrs.field(factory=trio.Event)
     reply: Any = None
     error: ARCPError | None = None
@@ -168,6 +170,7 @@ class Client:
         auto_ack_interval: float | None,
         handshake_timeout: float,
         wall_clock: WallClock,
+        restart_on_session_lost: bool = False,
     ) -> None:
         self._connect = connect
         self._wall_clock = wall_clock
@@ -203,6 +206,8 @@ class Client:
         self._connected = trio.Event()
         self._state = "connecting"
         self.reconnects = 0
+        self.sessions_restarted = 0
+        self._restart_on_lost = restart_on_session_lost
         self._closed = False
         #: The session.close / session.bye sent by ``aclose()``, while it waits.
         self._closing: _Request | None = None
@@ -470,10 +475,9 @@ class Client:
         not_yet_resumable = 0
         while not self._closed:
             if trio.current_time() - dropped_at >= self.resume_window_sec:
-                self._session_lost(
+                return await self._restart_or_lose(
                     ResumeWindowExpired("could not reconnect within the resume window")
                 )
-                return None
             await trio.sleep(self._jitter(self._backoff.delay(failures)))
             failures += 1
             try:
@@ -485,8 +489,7 @@ class Client:
                 welcome = await self._handshake(transport)
             except ResumeWindowExpired as exc:
                 await _close_quietly(transport)
-                self._session_lost(exc)
-                return None
+                return await self._restart_or_lose(exc)
             except PermissionDenied as exc:
                 await _close_quietly(transport)
                 # The reference runtime answers PERMISSION_DENIED until it notices the
@@ -671,7 +674,7 @@ class Client:
         elif kind in _REPLIES:
             request = self._pending.get(getattr(envelope.payload, "request_id", None) or "")
             if request is not None:
-                request.resolve(unstructure_payload(envelope.payload))
+                self._settle(request, reply=unstructure_payload(envelope.payload))
         elif kind == MessageType.SESSION_ERROR:
             self._on_error(envelope)
         elif kind == MessageType.SESSION_BYE:
@@ -744,7 +747,7 @@ class Client:
         self._handles.pop(job_id, None)
         for request in list(self._pending.values()):
             if request.type == MessageType.JOB_CANCEL and request.job_id == job_id:
-                request.resolve(None)
+                self._settle(request)
 
     def _drain_orphans(self, job_id: str) -> None:
         for envelope in self._orphans.pop(job_id, []):
@@ -767,7 +770,7 @@ class Client:
                 (r for r in self._pending.values() if r.type == MessageType.JOB_SUBMIT), None
             )
         if request is not None:
-            request.resolve(handle)
+            self._settle(request, reply=handle)
 
     def _on_error(self, envelope: Envelope) -> None:
         error = envelope.payload
@@ -781,9 +784,79 @@ class Client:
         if request is None:
             log.warning("uncorrelated session.error code=%s message=%s", error.code, error.message)
             return
-        request.fail(exc)
+        self._settle(request, error=exc)
+
+    def _settle(
+        self, request: _Request, *, reply: Any = None, error: ARCPError | None = None
+    ) -> None:
+        """Answer a request: it leaves the pending set (never re-sent again)."""
+        self._pending.pop(request.id, None)
+        if error is None:
+            request.resolve(reply)
+        else:
+            request.fail(error)
+            if request.stream is not None:
+                request.stream.fail_session(error)
 
     # == endings ===================================================================================
+
+    async def _restart_or_lose(
+        self, cause: ResumeWindowExpired
+    ) -> tuple[Transport, Envelope] | None:
+        """The session is gone. Optionally open a fresh one and re-subscribe.
+
+        With ``restart_on_session_lost`` (and a runtime with gap-free, job-numbered
+        history: arcp_trio), every unfinished handle and subscription continues
+        through a subscription in a new session, from the job's next event; handles
+        lose cancel authority (§7.7: subscribe carries none). Otherwise every
+        handle ends with ``cause``.
+        """
+        if not (self._restart_on_lost and self._strict):
+            self._session_lost(cause)
+            return None
+        log.warning("session lost session_id=%s; opening a new one (%s)", self.session_id, cause)
+        self.session_id = None
+        self._resume_token = None
+        self._last_event_seq = self._last_acked = 0
+        self._job_seq.clear()
+        self._orphans.clear()
+        self._orphan_count = 0
+        failures = 0
+        while not self._closed:
+            await trio.sleep(self._jitter(self._backoff.delay(failures)))
+            failures += 1
+            try:
+                transport = await self._connect()
+                welcome = await self._handshake(transport)
+            except (TransportError, OSError):
+                continue
+            except ARCPError as exc:
+                if exc.retryable:
+                    continue
+                self._session_lost(exc)
+                return None
+            self.sessions_restarted += 1
+            self._resubscribe_all()
+            return transport, welcome
+        return None
+
+    def _resubscribe_all(self) -> None:
+        """Queue a history subscription for every unfinished stream (sent on attach)."""
+        streams = [handle._stream for handle in self._handles.values()]
+        for subscriptions in self._subscriptions.values():
+            streams += [subscription._stream for subscription in subscriptions]
+        resumed: set[str] = set()
+        for stream in streams:
+            if stream.done or stream.job_id in resumed:
+                continue
+            resumed.add(stream.job_id)
+            request = _Request(
+                MessageType.JOB_SUBSCRIBE,
+                {"job_id": stream.job_id, "history": True, "from_event_seq": stream.job_events},
+                job_id=stream.job_id,
+                stream=stream,
+            )
+            self._pending[request.id] = request
 
     def _session_lost(self, error: ARCPError) -> None:
         """The session cannot be resumed: every handle and request gets ``error``."""
@@ -794,7 +867,7 @@ class Client:
 
     def _fail_everything(self, error: ARCPError) -> None:
         for request in list(self._pending.values()):
-            request.fail(error)
+            self._settle(request, error=error)
         for handle in list(self._handles.values()):
             handle._stream.fail_session(error)
         for subscriptions in list(self._subscriptions.values()):
@@ -844,6 +917,7 @@ async def open_client(
     auto_ack_interval: float | None = 1.0,
     handshake_timeout: float = 10.0,
     wall_clock: WallClock = system_wall_clock,
+    restart_on_session_lost: bool = False,
 ) -> AsyncIterator[Client]:
     """Connect to a runtime and keep the session alive until the block ends.
 
@@ -856,6 +930,10 @@ async def open_client(
         backoff, jitter: reconnect delays (jitter is injectable for tests).
         auto_ack_every, auto_ack_interval: acknowledge processed events every N
             events and every T seconds (§6.5); None disables either.
+        restart_on_session_lost: when the resume window is over, open a fresh
+            session and re-subscribe to every unfinished job instead of failing the
+            handles (they continue from the job's next event, without cancel
+            authority). Needs a runtime with job-numbered history (arcp_trio).
 
     Raises:
         Unauthenticated, TransportError, ...: the *first* connection failed.
@@ -879,6 +957,7 @@ async def open_client(
         auto_ack_interval=auto_ack_interval,
         handshake_timeout=handshake_timeout,
         wall_clock=wall_clock,
+        restart_on_session_lost=restart_on_session_lost,
     )
     # The first connection is made here, outside any nursery, so its errors reach
     # the caller as themselves.

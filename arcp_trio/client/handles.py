@@ -116,6 +116,8 @@ class _Stream:
         self._error: ARCPError | None = None
         self._iterating = False
         self._session_lost = False
+        #: Job events seen, i.e. the job's own event number of the last one (§7.6).
+        self.job_events = 0
         self._assembler = _ResultAssembler()
 
     @property
@@ -127,6 +129,8 @@ class _Stream:
             return
         if event.kind == "result_chunk":
             self._assembler.add(event.body)
+        if not _is_session_notice(event):
+            self.job_events += 1
         self._events.append(event)
         self._wake()
 
@@ -206,6 +210,17 @@ class _Stream:
             raise RuntimeError("events() is already being iterated")
         self._iterating = True
         return _EventIterator(self)
+
+
+def _is_session_notice(event: Event) -> bool:
+    """The runtime's per-session eviction notice, which is not one of the job's events."""
+    body = event.body
+    return (
+        event.kind == "status"
+        and isinstance(body, dict)
+        and body.get("phase") == "back_pressure"
+        and "evicted_through" in body
+    )
 
 
 class _EventIterator:

@@ -301,3 +301,33 @@ async def test_statistics(link: Link, autojump_clock: trio.abc.Clock) -> None:
         assert stats.reconnects == 0
         assert stats.runtime == "arcp-trio"
     assert client.statistics().state == "closed"
+
+
+async def test_restart_on_session_lost_resubscribes_from_the_next_event(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    config = RuntimeConfig(resume_window_sec=5, heartbeat_interval_sec=1000)
+    async with open_runtime(
+        agents=demo_registry(), tokens=TOKENS, config=config, wall_clock=trio_wall_clock
+    ) as runtime:
+        link = Link(runtime, nursery)
+        async with client_for(
+            link, backoff=Backoff(initial=1, factor=1, cap=1), restart_on_session_lost=True
+        ) as client:
+            first_session = client.session_id
+            handle = await client.submit("ticker", input={"count": 12, "interval": 1})
+            events: list[Event] = []
+            async for event in handle.events():
+                events.append(event)
+                if len(events) == 3:
+                    link.refuse = 7  # away for longer than the 5 s resume window
+                    link.drop()
+            # Exactly once, in order, across two sessions.
+            assert currents(events) == list(range(1, 13))
+            assert (await handle.result()).result == {"ticks": 12}
+            assert client.session_id != first_session
+            assert client.statistics().reconnects == 0
+            assert client.sessions_restarted == 1
+            # A subscription carries no cancel authority (§7.7).
+            other = await client.submit("slow", input={"seconds": 1})
+            assert (await other.result()).result == {"slept": 1}
