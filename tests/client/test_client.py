@@ -22,6 +22,7 @@ from arcp_trio.wire.errors import (
     BudgetExhausted,
     Cancelled,
     DuplicateKey,
+    PermissionDenied,
     ResumeWindowExpired,
     Timeout,
     Unauthenticated,
@@ -315,6 +316,7 @@ async def test_restart_on_session_lost_resubscribes_from_the_next_event(
             link, backoff=Backoff(initial=1, factor=1, cap=1), restart_on_session_lost=True
         ) as client:
             first_session = client.session_id
+            long = await client.submit("slow", input={"seconds": 60})
             handle = await client.submit("ticker", input={"count": 12, "interval": 1})
             events: list[Event] = []
             async for event in handle.events():
@@ -328,6 +330,7 @@ async def test_restart_on_session_lost_resubscribes_from_the_next_event(
             assert client.session_id != first_session
             assert client.statistics().reconnects == 0
             assert client.sessions_restarted == 1
-            # A subscription carries no cancel authority (§7.7).
-            other = await client.submit("slow", input={"seconds": 1})
-            assert (await other.result()).result == {"slept": 1}
+            # The re-subscribed handle observes; it carries no cancel authority (§7.7).
+            with pytest.raises(PermissionDenied):
+                await long.cancel()
+            assert (await long.result()).result == {"slept": 60}
