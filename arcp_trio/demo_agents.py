@@ -20,6 +20,12 @@ other runtimes' users depend on it exactly as written here.
   caught.
 * ``chatty`` 1.0.0: ``{"n": N, "kind": "log"}``; emits N events of that kind as
   fast as it can; returns ``{"n": N}``.
+* ``toucher`` 1.0.0: ``{"namespace": "fs.read", "target": "/data/a", "delay": 0}``;
+  sleeps ``delay`` seconds, then ``ctx.authorize(namespace, target)`` (a denial is
+  not caught, so it ends the job with that code); returns ``{"allowed": true}``.
+* ``delegator`` 1.0.0: ``{"agent": "echo", "input": <any>, "lease": {<child lease>}}``;
+  delegates to that agent with that lease (errors not caught), waits for the child,
+  returns ``{"child_job_id": <id>, "child_result": <the child's inline result>}``.
 """
 
 from __future__ import annotations
@@ -105,6 +111,21 @@ async def chatty(input_: Any, ctx: JobContext) -> Any:
     return {"n": n}
 
 
+async def toucher(input_: Any, ctx: JobContext) -> Any:
+    await trio.sleep(float(_arg(input_, "delay", 0)))
+    ctx.authorize(str(_arg(input_, "namespace", "fs.read")), str(_arg(input_, "target", "/data/a")))
+    return {"allowed": True}
+
+
+async def delegator(input_: Any, ctx: JobContext) -> Any:
+    child = await ctx.delegate(
+        str(_arg(input_, "agent", "echo")),
+        _arg(input_, "input", None),
+        lease=_arg(input_, "lease", None) or {},
+    )
+    return {"child_job_id": child.job_id, "child_result": await child.result()}
+
+
 def demo_registry() -> AgentRegistry:
     """A registry with the six demo agents."""
     registry = AgentRegistry()
@@ -115,4 +136,6 @@ def demo_registry() -> AgentRegistry:
     registry.register("slow", slow, version="1.0.0")
     registry.register("spender", spender, version="1.0.0")
     registry.register("chatty", chatty, version="1.0.0")
+    registry.register("toucher", toucher, version="1.0.0")
+    registry.register("delegator", delegator, version="1.0.0")
     return registry

@@ -57,3 +57,10 @@ class RuntimeConfig:
     handshake_timeout_sec: float = attrs.field(default=10.0, validator=_positive)
     shutdown_grace_sec: float = attrs.field(default=5.0, validator=attrs.validators.ge(0))
     max_concurrent_jobs: int | None = None
+    #: Denial codes that end the job with ``job.error`` instead of only failing the
+    #: operation (§9.6: "if the runtime treats exhaustion as fatal").
+    fatal_denials: frozenset[str] = frozenset()
+    #: §9.5: "MAY proactively terminate jobs whose leases have expired".
+    terminate_on_lease_expiry: bool = False
+    #: §9.7: whether a lease without ``model.use`` may invoke any model.
+    model_use_default_allow: bool = True

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from ..protocol.job import JobRecord
     from ..protocol.leases import Lease
 
-__all__ = ["JobContext", "ResultStream"]
+__all__ = ["DelegatedJob", "JobContext", "ResultStream"]
 
 _LOG_LEVELS = frozenset({"debug", "info", "warn", "warning", "error"})
 
@@ -37,8 +37,32 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+class DelegatedJob(Protocol):
+    """A child job started by ``ctx.delegate``."""
+
+    @property
+    def job_id(self) -> str: ...
+
+    async def result(self) -> Any:
+        """The child's inline result; raises the §12 error it ended with."""
+        ...
+
+
 class _Host(Protocol):
     """What a context needs from the runtime (implemented by ``Runtime``)."""
+
+    async def _call_tool(self, job: JobRecord, name: str, args: Any) -> Any: ...
+
+    def _authorize_model(self, job: JobRecord, model: str) -> None: ...
+
+    async def _delegate(
+        self,
+        job: JobRecord,
+        agent: str,
+        input_: Any,
+        lease: dict[str, list[str]] | None,
+        lease_constraints: dict[str, Any] | None,
+    ) -> DelegatedJob: ...
 
     async def _emit(self, job: JobRecord, kind: str, body: Any) -> None: ...
 
@@ -247,11 +271,55 @@ class JobContext:
             body["sha256"] = sha256
         await self._host._emit(self._job, "artifact_ref", body)
 
-    async def delegate(self, child_job_id: str, agent: str, **extra: Any) -> None:
-        """Emit a ``delegate`` event (§10). Runtime-started child jobs come later."""
-        await self._host._emit(
-            self._job, "delegate", {"child_job_id": child_job_id, "agent": agent, **extra}
-        )
+    # -- mediated operations (§9.3): checked by the runtime before dispatch ---------------
+
+    async def call_tool(self, name: str, args: Any = None) -> Any:
+        """Call a registered tool through the runtime (§9.3).
+
+        The runtime emits ``tool_call``, checks ``tool.call`` on ``name`` against the
+        lease, expiry and every budget counter *before* dispatching, runs the tool and
+        emits ``tool_result``. A denial is reported as a ``tool_result`` error and
+        raised here, so the agent may handle it (or, under a fatal policy, the job
+        ends with ``job.error``).
+
+        Raises:
+            PermissionDenied, LeaseExpired, BudgetExhausted: denied (never retryable).
+            InvalidRequest: no tool of that name.
+            ARCPError: the tool itself failed (non-ARCP failures become
+                ``INTERNAL_ERROR``).
+        """
+        return await self._host._call_tool(self._job, name, args)
+
+    def use_model(self, model: str) -> None:
+        """Authorise invoking ``model`` (§9.7) before the agent calls it.
+
+        Raises:
+            PermissionDenied: ``model.use`` does not cover ``model`` (or the lease has
+                no ``model.use`` and the runtime forbids models by default).
+            LeaseExpired, BudgetExhausted: as for any operation.
+        """
+        self._host._authorize_model(self._job, model)
+
+    async def delegate(
+        self,
+        agent: str,
+        input: Any = None,
+        *,
+        lease: dict[str, list[str]] | None = None,
+        lease_constraints: dict[str, Any] | None = None,
+    ) -> DelegatedJob:
+        """Start a child job with a subset of this job's authority (§10, §9.4).
+
+        The child runs in the runtime's job nursery with ``parent_job_id`` set; a
+        ``delegate`` event is emitted on this job. The child never outlives this
+        job: when this job ends (or is cancelled), unfinished children are cancelled.
+
+        Raises:
+            PermissionDenied: the lease does not grant ``agent.delegate`` on ``agent``.
+            LeaseSubsetViolation: the child lease is not a subset of this one.
+            AgentNotAvailable, AgentVersionNotAvailable: no such agent.
+        """
+        return await self._host._delegate(self._job, agent, input, lease, lease_constraints)
 
     # -- result streaming (§8.4) -----------------------------------------------------------
 

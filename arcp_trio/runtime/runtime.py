@@ -36,7 +36,7 @@ import trio
 from .._scopes import open_owner_nursery
 from ..protocol.eventlog import EventBuffer, OverflowNotice
 from ..protocol.job import HistoryEntry, JobRecord, JobStatus, JobTable, Terminal, fingerprint
-from ..protocol.leases import Budget, parse_lease
+from ..protocol.leases import Budget, child_lease, parse_lease
 from ..protocol.session import ALL_FEATURES, Dialect, ResumeWindow, negotiate_features
 from ..transport.base import MessageTooLarge, Transport, TransportError
 from ..wire.codec import Envelope, decode, dumps, encode, unstructure_payload
@@ -50,6 +50,7 @@ from ..wire.errors import (
     RemoteProtocolError,
     ResumeWindowExpired,
     Unauthenticated,
+    make_error,
 )
 from ..wire.ids import new_id, new_ulid
 from ..wire.messages import (
@@ -80,6 +81,7 @@ from .config import RuntimeConfig
 from .connection import Connection
 from .context import JobContext
 from .session import Session, hash_token
+from .tools import ToolRegistry
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -106,7 +108,12 @@ class _LiveJob:
     """Runtime-side state of a job that may still run (never exposed to sessions)."""
 
     scope: trio.CancelScope | None = None
+    #: ``max_runtime_sec`` as a Trio deadline (§7.3).
     deadline: float = math.inf
+    #: The lease's ``expires_at`` as a Trio deadline, when proactive (§9.5).
+    expiry_deadline: float = math.inf
+    #: Jobs this one delegated to (§10); they end when it ends.
+    children: set[str] = attrs.field(factory=set)
     #: Why the runtime is ending the job (set before the scope is cancelled).
     ending: Terminal | None = None
     stream_result_id: str | None = None
@@ -136,10 +143,12 @@ class Runtime:
         config: RuntimeConfig,
         wall_clock: WallClock,
         observe_policy: ObservePolicy,
+        tools: ToolRegistry,
         job_nursery: trio.Nursery,
         session_nursery: trio.Nursery,
     ) -> None:
         self.agents = agents
+        self.tools = tools
         self.config = config
         self._auth = auth
         self._wall_clock = wall_clock
@@ -583,6 +592,7 @@ class Runtime:
                 parent_job_id=job.parent_job_id,
                 trace_id=job.trace_id,
                 last_event_seq=job.last_event_index,
+                budget=job.budget_wire(session.dialect),
             )
             for job in jobs
         ]
@@ -614,14 +624,7 @@ class Runtime:
         constraints: dict[str, Any] | None = None
         if submit.lease_constraints is not None and submit.lease_constraints.expires_at is not None:
             expires_text = submit.lease_constraints.expires_at
-            try:
-                expires_at = parse_timestamp(expires_text, require_utc=True)
-            except ValueError as exc:
-                raise InvalidRequest(f"lease_constraints.expires_at: {exc}") from None
-            # §9.5: "MUST be in the future at submission time".
-            if expires_at <= self._wall_clock():
-                raise InvalidRequest("lease_constraints.expires_at must be in the future")
-            lease = attrs.evolve(lease, expires_at=expires_at)
+            lease = attrs.evolve(lease, expires_at=self._parse_expiry(expires_text))
             constraints = {"expires_at": expires_text}
         budget = (
             Budget.from_patterns(lease.grants["cost.budget"])
@@ -651,7 +654,6 @@ class Runtime:
         if submit.max_runtime_sec is not None:
             live.deadline = trio.current_time() + submit.max_runtime_sec
         self.jobs.add(job, fingerprint_=print_)
-        self._live[job.job_id] = live
         job.watchers.add(session.session_id)
         session.submitted.add(job.job_id)
         self._send_accepted(connection, job, envelope.id)
@@ -661,7 +663,18 @@ class Runtime:
             job.agent,
             session.session_id,
         )
-        self._job_nursery.start_soon(self._run_job, job, resolved.function, submit.input)
+        self._start_job(job, live, resolved.function, submit.input)
+
+    def _start_job(self, job: JobRecord, live: _LiveJob, function: Agent, input_: Any) -> None:
+        """The one place jobs enter the job nursery."""
+        if self.config.terminate_on_lease_expiry and job.lease.expires_at is not None:
+            live.expiry_deadline = self._trio_deadline(job.lease.expires_at)
+        self._live[job.job_id] = live
+        self._job_nursery.start_soon(self._run_job, job, function, input_)
+
+    def _trio_deadline(self, moment: datetime) -> float:
+        """A wall-clock instant on the wire as a Trio deadline (STYLE: one converter)."""
+        return trio.current_time() + (moment - self._wall_clock()).total_seconds()
 
     def _send_accepted(self, connection: Connection, job: JobRecord, request_id: str) -> None:
         payload: dict[str, Any] = {
@@ -803,7 +816,7 @@ class Runtime:
         live = self._live[job.job_id]
         terminal: Terminal | None = None
         try:
-            with trio.CancelScope(deadline=live.deadline) as scope:
+            with trio.CancelScope(deadline=min(live.deadline, live.expiry_deadline)) as scope:
                 live.scope = scope
                 if live.ending is not None:
                     scope.cancel()
@@ -818,6 +831,14 @@ class Runtime:
             if live.ending is not None:
                 # A cancel that was acknowledged wins, even over a late return.
                 terminal = live.ending
+            elif terminal is None and live.expiry_deadline <= live.deadline:
+                # §9.5: proactive termination at the lease's expires_at.
+                terminal = Terminal(
+                    status=JobStatus.ERROR,
+                    completed_at="",
+                    code=ErrorCode.LEASE_EXPIRED,
+                    message="the lease expired while the job was running",
+                )
             elif terminal is None:
                 terminal = Terminal(
                     status=JobStatus.TIMED_OUT,
@@ -886,6 +907,17 @@ class Runtime:
         job.finish(terminal)
         live.done.set()
         del self._live[job.job_id]
+        parent = self.jobs.get(job.parent_job_id) if job.parent_job_id else None
+        if (
+            parent is not None
+            and parent.budget is not None
+            and job.budget is not None
+            and job.budget is not parent.budget
+        ):
+            parent.budget.release(job.budget.remaining)
+        for child_id in live.children:
+            # §10: a child never outlives its parent's authority.
+            self._end_job(child_id, ErrorCode.CANCELLED, f"parent job {job.job_id} ended")
         log.info(
             "job finished job_id=%s status=%s code=%s", job.job_id, terminal.status, terminal.code
         )
@@ -965,30 +997,180 @@ class Runtime:
     # == the JobContext's host interface =========================================================
 
     async def _emit(self, job: JobRecord, kind: str, body: Any) -> None:
+        """An agent's emitter: back-pressure (live connections only), then route."""
         if job.is_terminal:
             raise RuntimeError(f"job {job.job_id} has already ended")
-        sessions = self._watching_sessions(job)
         congested = [
-            s.connection for s in sessions if s.connection is not None and s.connection.congested
+            session.connection
+            for session in self._watching_sessions(job)
+            if session.connection is not None and session.connection.congested
         ]
         if congested:
-            # Back-pressure: only live connections slow an agent down, never a
-            # detached session (DESIGN.md "The flow of one event").
+            # Only live connections slow an agent down, never a detached session
+            # (DESIGN.md "The flow of one event").
             for connection in congested:
                 await connection.wait_writable()
-            sessions = self._watching_sessions(job)
         else:
             await trio.lowlevel.checkpoint()
+        self._route_event(job, kind, body)
+
+    def _route_event(self, job: JobRecord, kind: str, body: Any) -> None:
+        """Record one event in the job's history and stamp it into every watcher."""
         frame_id = new_ulid()
         payload_json = dumps(
             {"kind": kind, "ts": format_timestamp(self._wall_clock()), "body": body}
         )
         job.record_event(frame_id, kind, payload_json)
-        for session in sessions:
+        for session in self._watching_sessions(job):
             self._deliver_one(session, job, MessageType.JOB_EVENT, frame_id, payload_json)
 
+    def _end_job(self, job_id: str, code: str, message: str) -> None:
+        """Record why the runtime ends a running job, then cancel it."""
+        live = self._live.get(job_id)
+        if live is None or live.done.is_set() or live.ending is not None:
+            return
+        status = JobStatus.CANCELLED if code == ErrorCode.CANCELLED else JobStatus.ERROR
+        live.ending = Terminal(status=status, completed_at="", code=code, message=message)
+        if live.scope is not None:
+            live.scope.cancel()
+
     def _authorize(self, job: JobRecord, namespace: str, target: str) -> None:
-        job.lease.authorize(namespace, target, now=self._wall_clock(), budget=job.budget)
+        """§9.3: synchronous, before dispatch; a fatal denial also ends the job."""
+        try:
+            job.lease.authorize(namespace, target, now=self._wall_clock(), budget=job.budget)
+        except ARCPError as denial:
+            self._on_denial(job, denial)
+            raise
+
+    def _authorize_model(self, job: JobRecord, model: str) -> None:
+        try:
+            job.lease.authorize_model(
+                model,
+                now=self._wall_clock(),
+                budget=job.budget,
+                default_allow=self.config.model_use_default_allow,
+            )
+        except ARCPError as denial:
+            self._on_denial(job, denial)
+            raise
+
+    async def _delegate(
+        self,
+        parent: JobRecord,
+        agent: str,
+        input_: Any,
+        lease_request: dict[str, list[str]] | None,
+        lease_constraints: dict[str, Any] | None,
+    ) -> _Child:
+        """§10: start a child job under a subset of ``parent``'s authority."""
+        resolved = self.agents.resolve(agent)
+        # Delegating is itself authority-bearing (§9.2 ``agent.delegate``).
+        self._authorize(parent, "agent.delegate", resolved.name)
+        requested = parse_lease(lease_request or {})
+        constraints = dict(lease_constraints or {})
+        if constraints.get("expires_at") is not None:
+            requested = attrs.evolve(
+                requested, expires_at=self._parse_expiry(str(constraints["expires_at"]))
+            )
+        # §9.4: the child's lease must be a subset of the parent's, its budget within
+        # the parent's remaining budget, its expiry no later than the parent's.
+        lease = child_lease(
+            parent.lease,
+            requested,
+            parent_budget=parent.budget,
+            model_default_allow=self.config.model_use_default_allow,
+        )
+        budget: Budget | None
+        if "cost.budget" in requested.grants:
+            budget = Budget.from_lease(lease)
+            if budget is not None and parent.budget is not None:
+                # A child's own budget is reserved from the parent's, so authority cannot
+                # be multiplied by delegating the same remainder twice; what it leaves
+                # unspent comes back when it ends.
+                parent.budget.reserve(budget.initial)
+        else:
+            # No budget named: the child spends from the parent's counters.
+            budget = parent.budget
+        if lease.expires_at is not None:
+            constraints["expires_at"] = format_timestamp(lease.expires_at)
+        parent_live = self._live[parent.job_id]
+        now = self._wall_clock()
+        child = JobRecord(
+            job_id=new_id("job"),
+            ordinal=self.jobs.next_ordinal(),
+            principal=parent.principal,
+            session_id=parent.session_id,
+            agent_name=resolved.name,
+            agent_version=resolved.version,
+            lease=lease,
+            lease_constraints=constraints or None,
+            budget=budget,
+            trace_id=parent.trace_id,  # §11: trace context flows to sub-agents
+            parent_job_id=parent.job_id,
+            delegate_id=None,
+            created_at=now,
+            accepted_at=format_timestamp(now),
+            history_limit=self.config.job_history_limit,
+        )
+        self.jobs.add(child)
+        parent_live.children.add(child.job_id)
+        # A child never outlives its parent: same max_runtime deadline at most.
+        self._start_job(child, _LiveJob(deadline=parent_live.deadline), resolved.function, input_)
+        self._route_event(
+            parent,
+            "delegate",
+            {"child_job_id": child.job_id, "agent": child.agent, "lease": lease.as_wire()},
+        )
+        log.info(
+            "job delegated parent_job_id=%s job_id=%s agent=%s",
+            parent.job_id,
+            child.job_id,
+            child.agent,
+        )
+        await trio.lowlevel.checkpoint()
+        return _Child(child.job_id, self)
+
+    def _parse_expiry(self, text: str) -> datetime:
+        """§9.5: UTC with ``Z``, in the future at submission time."""
+        try:
+            moment = parse_timestamp(text, require_utc=True)
+        except ValueError as exc:
+            raise InvalidRequest(f"lease_constraints.expires_at: {exc}") from None
+        if moment <= self._wall_clock():
+            raise InvalidRequest("lease_constraints.expires_at must be in the future")
+        return moment
+
+    def _on_denial(self, job: JobRecord, denial: ARCPError) -> None:
+        log.info("operation denied job_id=%s code=%s %s", job.job_id, denial.code, denial.message)
+        if denial.code in self.config.fatal_denials:
+            self._end_job(job.job_id, denial.code, denial.message)
+
+    async def _call_tool(self, job: JobRecord, name: str, args: Any) -> Any:
+        call_id = new_id("call")
+        await self._emit(job, "tool_call", {"tool": name, "args": args, "call_id": call_id})
+        try:
+            self._authorize(job, "tool.call", name)
+            tool = self.tools.get(name)
+            if tool is None:
+                raise InvalidRequest(f"no tool named {name!r} is registered")
+            result = await tool(args)
+        except ARCPError as exc:
+            await self._tool_error(job, call_id, exc)
+            raise
+        except Exception as exc:
+            error = InternalError(f"tool {name!r} failed: {type(exc).__name__}: {exc}")
+            await self._tool_error(job, call_id, error)
+            raise error from exc
+        await self._emit(job, "tool_result", {"call_id": call_id, "result": result})
+        return result
+
+    async def _tool_error(self, job: JobRecord, call_id: str, error: ARCPError) -> None:
+        """§9.5, §9.6: a denial "surfaced via ... a tool_result event with the error code"."""
+        body = {"code": str(error.code), "message": error.message, "retryable": error.retryable}
+        # Routed without a checkpoint, so it is recorded even when the denial was fatal
+        # and the job's scope is already cancelled.
+        self._route_event(job, "tool_result", {"call_id": call_id, "error": body})
+        await trio.lowlevel.checkpoint()
 
     def _charge(self, job: JobRecord, currency: str, value: Decimal) -> Decimal | None:
         if job.budget is None:
@@ -1017,6 +1199,33 @@ class Runtime:
         return self.config.max_result_bytes
 
 
+class _Child:
+    """A delegated job, as the delegating agent sees it (``ctx.delegate``)."""
+
+    def __init__(self, job_id: str, runtime: Runtime) -> None:
+        self.job_id = job_id
+        self._runtime = runtime
+
+    async def result(self) -> Any:
+        job = await self._runtime.wait_job_done(self.job_id)
+        terminal = job.terminal
+        assert terminal is not None
+        if terminal.status is JobStatus.SUCCESS:
+            if terminal.result_id is not None:
+                return {"result_id": terminal.result_id, "result_size": terminal.result_size}
+            return terminal.result
+        code = terminal.code or {
+            JobStatus.CANCELLED: ErrorCode.CANCELLED,
+            JobStatus.TIMED_OUT: ErrorCode.TIMEOUT,
+        }.get(terminal.status, ErrorCode.INTERNAL_ERROR)
+        raise make_error(
+            str(code),
+            terminal.message or str(terminal.status),
+            retryable=terminal.retryable,
+            details=terminal.details,
+        )
+
+
 def _internal(message: str) -> Terminal:
     return Terminal(
         status=JobStatus.ERROR,
@@ -1035,6 +1244,7 @@ async def open_runtime(
     config: RuntimeConfig | None = None,
     wall_clock: WallClock = system_wall_clock,
     observe_policy: ObservePolicy = same_principal,
+    tools: ToolRegistry | None = None,
 ) -> AsyncIterator[Runtime]:
     """Open a runtime that owns its job nursery; shut it down on exit.
 
@@ -1046,6 +1256,7 @@ async def open_runtime(
             to Trio's clock.
         observe_policy: who may list/subscribe to whose jobs (§14: same principal by
             default).
+        tools: tools agents may call through ``ctx.call_tool`` (§9.3).
 
     On exit (normal or not) the runtime stops accepting, gives running jobs
     ``shutdown_grace_sec`` to finish, then cancels them with a terminal that every
@@ -1061,6 +1272,7 @@ async def open_runtime(
             config=config or RuntimeConfig(),
             wall_clock=wall_clock,
             observe_policy=observe_policy,
+            tools=tools or ToolRegistry(),
             job_nursery=job_nursery,
             session_nursery=session_nursery,
         )

@@ -308,6 +308,8 @@ class JobSummary:
     parent_job_id: str | None = None
     trace_id: str | None = None
     last_event_seq: int | None = None
+    # Current per-currency counters (§9.6), observer's dialect.
+    budget: dict[str, Any] | None = None
 
 
 @attrs.frozen(kw_only=True)

@@ -38,7 +38,16 @@ async def test_welcome_shape(
     assert payload["capabilities"]["features"] == list(ALL_FEATURES)
     agents = {a["name"]: a for a in payload["capabilities"]["agents"]}
     assert agents["echo"] == {"name": "echo", "versions": ["1.0.0", "2.0.0"], "default": "2.0.0"}
-    assert set(agents) == {"echo", "ticker", "chunker", "slow", "spender", "chatty"}
+    assert set(agents) == {
+        "echo",
+        "ticker",
+        "chunker",
+        "slow",
+        "spender",
+        "chatty",
+        "toucher",
+        "delegator",
+    }
 
 
 async def test_without_agent_versions_the_inventory_is_names(

@@ -185,7 +185,7 @@ async def test_all_ten_event_kinds_reach_the_client(
         await ctx.status("working", "halfway")
         await ctx.metric("latency", 12.5, unit="ms", dimensions={"host": "a"})
         await ctx.artifact_ref("file:///tmp/x", "text/plain", byte_size=3, sha256="ab")
-        await ctx.delegate("job_child", "echo@1.0.0")
+        await ctx.event("delegate", {"child_job_id": "job_child", "agent": "echo@1.0.0"})
         await ctx.progress(1, 2, units="steps", message="one")
         async with ctx.stream_result() as stream:
             await stream.write("done")
