@@ -52,7 +52,7 @@ from ..wire.errors import (
     Unauthenticated,
     make_error,
 )
-from ..wire.ids import new_id, new_ulid
+from ..wire.ids import new_frame_id, new_id, new_ulid
 from ..wire.messages import (
     Capabilities,
     JobCancel,
@@ -114,6 +114,7 @@ class _LiveJob:
     expiry_deadline: float = math.inf
     #: Jobs this one delegated to (§10); they end when it ends.
     children: set[str] = attrs.field(factory=set)
+    emits_since_yield: int = 0
     #: Why the runtime is ending the job (set before the scope is cancelled).
     ending: Terminal | None = None
     stream_result_id: str | None = None
@@ -126,6 +127,9 @@ class _LiveJob:
 #: Who may observe a job: ``(observer principal, job) -> bool``. §14: the default
 #: is "same principal only".
 ObservePolicy = Callable[[str, JobRecord], bool]
+
+#: Events an agent may emit between two scheduling points (see ``_emit``).
+_EMITS_PER_YIELD = 32
 
 
 def same_principal(principal: str, job: JobRecord) -> bool:
@@ -1005,18 +1009,27 @@ class Runtime:
             for session in self._watching_sessions(job)
             if session.connection is not None and session.connection.congested
         ]
+        live = self._live[job.job_id]
         if congested:
             # Only live connections slow an agent down, never a detached session
             # (DESIGN.md "The flow of one event").
             for connection in congested:
                 await connection.wait_writable()
-        else:
+            live.emits_since_yield = 0
+        elif live.emits_since_yield >= _EMITS_PER_YIELD:
+            live.emits_since_yield = 0
             await trio.lowlevel.checkpoint()
+        else:
+            # A cancellation point on every emit; a full scheduling point only every
+            # few, so a chatty agent pays one scheduler pass per batch, not per event,
+            # and the send task still drains the batch promptly.
+            live.emits_since_yield += 1
+            await trio.lowlevel.checkpoint_if_cancelled()
         self._route_event(job, kind, body)
 
     def _route_event(self, job: JobRecord, kind: str, body: Any) -> None:
         """Record one event in the job's history and stamp it into every watcher."""
-        frame_id = new_ulid()
+        frame_id = new_frame_id()
         payload_json = dumps(
             {"kind": kind, "ts": format_timestamp(self._wall_clock()), "body": body}
         )

@@ -206,7 +206,10 @@ class WebSocketTransport:
         async with self._send_lock:
             self._check_usable()
             try:
-                data = b"".join([self._ws.send(TextMessage(data=text)) for text in messages])
+                if not self._ws.client and self._ws.state is ConnectionState.OPEN:
+                    data = _server_text_frames(messages)
+                else:
+                    data = b"".join([self._ws.send(TextMessage(data=text)) for text in messages])
             except LocalProtocolError as exc:
                 # wsproto refuses data frames once either side has begun closing.
                 raise TransportBroken(
@@ -671,6 +674,29 @@ async def connect_websocket(
             await trio.aclose_forcefully(stream)
             raise
     raise TransportBroken(f"{description}: timed out after {connect_timeout} s connecting to {url}")
+
+
+def _server_text_frames(messages: Sequence[str]) -> bytes:
+    """Unmasked, unfragmented text frames (RFC 6455 §5.2), as wsproto would write them.
+
+    The server's send path is the hot path: building frames here costs a fraction of
+    a ``WSConnection.send`` per frame. Only valid while the connection is OPEN (the
+    caller checks), when wsproto has no state to update for a complete data frame;
+    clients must mask, so they keep using wsproto.
+    """
+    parts: list[bytes] = []
+    append = parts.append
+    for text in messages:
+        payload = text.encode("utf-8")
+        size = len(payload)
+        if size < 126:
+            append(bytes((0x81, size)))
+        elif size < 65536:
+            append(b"\x81\x7e" + size.to_bytes(2, "big"))
+        else:
+            append(b"\x81\x7f" + size.to_bytes(8, "big"))
+        append(payload)
+    return b"".join(parts)
 
 
 # == server ===============================================================================

@@ -240,12 +240,13 @@ def encode_job_frame(
     """A ``job.event`` / ``job.result`` / ``job.error`` frame from pre-encoded payload.
 
     The hot path: ``payload_json`` is serialised once per event and spliced into
-    each watching session's frame. All ids here are runtime-minted (no quoting
-    needed beyond ``dumps``), so the result is byte-for-byte what ``encode`` gives.
+    each watching session's frame. Every id here is runtime-minted
+    (``prefix_ULID``) or a validated 32-hex trace id, so none needs JSON escaping
+    and the result is byte-for-byte what ``encode`` gives.
     """
     trace = f',"trace_id":"{trace_id}"' if trace_id is not None else ""
     return (
         f'{{"arcp":"1.1","id":"{frame_id}","type":"{message_type}",'
-        f'"session_id":{dumps(session_id)}{trace},"job_id":{dumps(job_id)},'
+        f'"session_id":"{session_id}"{trace},"job_id":"{job_id}",'
         f'"event_seq":{event_seq},"payload":{payload_json}}}'
     )

@@ -38,8 +38,10 @@ def format_timestamp(moment: datetime) -> str:
     """``2026-11-23T12:04:23.865195Z``: UTC, microseconds, ``Z`` suffix."""
     if moment.tzinfo is None:
         raise ValueError("timestamps must be timezone-aware")
-    moment = moment.astimezone(UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    # isoformat is several times faster than strftime; every event carries a ts.
+    return moment.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def parse_timestamp(text: str, *, require_utc: bool = False) -> datetime:
