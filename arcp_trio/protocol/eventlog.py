@@ -113,6 +113,36 @@ class EventBuffer:
         self._evicted_since_notice = 0
         return notice
 
+    def last(self) -> BufferedEvent | None:
+        """The most recently stamped event, if it is still held."""
+        return self._events[-1] if self._events else None
+
+    @classmethod
+    def restore(
+        cls,
+        events: list[BufferedEvent],
+        *,
+        max_events: int,
+        acked_through: int,
+        evicted_through: int,
+    ) -> EventBuffer:
+        """Rebuild a buffer from persisted state (after a restart).
+
+        ``events`` must be in seq order and gap-free among themselves; what was freed
+        before them is described by ``acked_through`` and ``evicted_through``.
+        """
+        buffer = cls(max_events=max_events)
+        buffer.acked_through = acked_through
+        buffer.evicted_through = evicted_through
+        held = [e for e in events if e.seq > max(acked_through, evicted_through)]
+        for before, after in itertools.pairwise(held):
+            if after.seq != before.seq + 1:
+                raise ValueError(f"persisted events have a gap: {before.seq} -> {after.seq}")
+        buffer._events.extend(held)
+        last = held[-1].seq if held else 0
+        buffer._last_seq = max(last, acked_through, evicted_through)
+        return buffer
+
     # -- ack and replay ---------------------------------------------------------------
 
     def ack(self, last_processed_seq: int) -> int:

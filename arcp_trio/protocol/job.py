@@ -34,7 +34,7 @@ from ..wire.messages import MessageType
 from .session import Dialect
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterator
     from datetime import datetime
 
     from .leases import Budget, Lease
@@ -254,7 +254,7 @@ class JobTable:
     def __len__(self) -> int:
         return len(self._jobs)
 
-    def __iter__(self) -> Iterable[JobRecord]:
+    def __iter__(self) -> Iterator[JobRecord]:
         return iter(self._jobs.values())
 
     def find_idempotent(self, principal: str, key: str, print_: str) -> JobRecord | None:
@@ -271,6 +271,26 @@ class JobTable:
                 f"idempotency_key {key!r} was already used with different parameters"
             )
         return self._jobs[record.job_id]
+
+    def remove(self, job: JobRecord) -> None:
+        """Forget a job and its idempotency record (retention, or a failed write)."""
+        self._jobs.pop(job.job_id, None)
+        jobs = self._by_principal.get(job.principal, [])
+        if job in jobs:
+            jobs.remove(job)
+        if job.idempotency_key is not None:
+            record = self._idempotency.get((job.principal, job.idempotency_key))
+            if record is not None and record.job_id == job.job_id:
+                del self._idempotency[(job.principal, job.idempotency_key)]
+
+    def restore_idempotency(self, principal: str, key: str, print_: str, job_id: str) -> None:
+        self._idempotency[(principal, key)] = _IdempotencyRecord(print_, job_id)
+
+    def restore(self, job: JobRecord) -> None:
+        """Re-register a persisted job, keeping its ordinal (and ordering)."""
+        self._jobs[job.job_id] = job
+        self._by_principal.setdefault(job.principal, []).append(job)
+        self._next_ordinal = max(self._next_ordinal, job.ordinal + 1)
 
     def add(self, job: JobRecord, *, fingerprint_: str | None = None) -> None:
         """Register a job (and its idempotency record) atomically."""

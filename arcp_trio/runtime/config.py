@@ -64,3 +64,7 @@ class RuntimeConfig:
     terminate_on_lease_expiry: bool = False
     #: §9.7: whether a lease without ``model.use`` may invoke any model.
     model_use_default_allow: bool = True
+    #: Finished jobs (and their history and idempotency records) are forgotten this
+    #: long after they ended, by a janitor that runs every ``janitor_interval_sec``.
+    job_retention_sec: float = attrs.field(default=24 * 3600.0, validator=_positive)
+    janitor_interval_sec: float = attrs.field(default=60.0, validator=_positive)

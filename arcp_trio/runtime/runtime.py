@@ -26,18 +26,20 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager, suppress
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
 
 from .._scopes import open_owner_nursery
-from ..protocol.eventlog import EventBuffer, OverflowNotice
+from ..protocol.eventlog import BufferedEvent, EventBuffer, OverflowNotice
 from ..protocol.job import HistoryEntry, JobRecord, JobStatus, JobTable, Terminal, fingerprint
 from ..protocol.leases import Budget, child_lease, parse_lease
 from ..protocol.session import ALL_FEATURES, Dialect, ResumeWindow, negotiate_features
+from ..store.base import MemoryStore, Recovered, Store, StoredEvent, StoredHistoryEntry, StoreError
 from ..transport.base import MessageTooLarge, Transport, TransportError
 from ..wire.codec import Envelope, decode, dumps, encode, unstructure_payload
 from ..wire.errors import (
@@ -80,6 +82,7 @@ from .auth import BearerAuth
 from .config import RuntimeConfig
 from .connection import Connection
 from .context import JobContext
+from .persist import job_from_row, job_to_row, session_to_row
 from .session import Session, hash_token
 from .tools import ToolRegistry
 
@@ -148,11 +151,13 @@ class Runtime:
         wall_clock: WallClock,
         observe_policy: ObservePolicy,
         tools: ToolRegistry,
+        store: Store,
         job_nursery: trio.Nursery,
         session_nursery: trio.Nursery,
     ) -> None:
         self.agents = agents
         self.tools = tools
+        self._store = store
         self.config = config
         self._auth = auth
         self._wall_clock = wall_clock
@@ -171,7 +176,9 @@ class Runtime:
         )
         self._closing = False
         self._shutdown_done = trio.Event()
-        self._dispatch_table: dict[str, Callable[[Connection, Envelope], None]] = {
+        self._dispatch_table: dict[
+            str, Callable[[Connection, Envelope], Awaitable[None] | None]
+        ] = {
             MessageType.SESSION_HELLO: self._on_second_hello,
             MessageType.SESSION_RESUME: self._on_late_resume,
             MessageType.SESSION_PING: self._on_ping,
@@ -445,6 +452,7 @@ class Runtime:
             format_ping_time=lambda: format_timestamp(self._wall_clock()),
         )
         token = session.rotate_token()
+        self._save_session(session)
         agents: list[Any]
         if "agent_versions" in session.features:
             agents = [unstructure_payload(info) for info in self.agents.inventory()]
@@ -502,6 +510,7 @@ class Runtime:
         """The resume window ended: drop the session. Its jobs keep running."""
         session.forgotten = True
         self._sessions.pop(session.session_id, None)
+        self._store.delete_session(session.session_id)
         for job_id in session.watching:
             job = self.jobs.get(job_id)
             if job is not None:
@@ -514,8 +523,11 @@ class Runtime:
         handler = self._dispatch_table.get(envelope.type)
         if handler is None:
             raise InvalidRequest(f"{envelope.type} is sent by runtimes, not clients")
-        handler(connection, envelope)
-        await trio.lowlevel.checkpoint()
+        pending = handler(connection, envelope)
+        if pending is not None:
+            await pending
+        else:
+            await trio.lowlevel.checkpoint()
 
     def _require(self, session: Session, feature: str) -> None:
         # §6.2: "Either peer MUST NOT use a feature outside that intersection."
@@ -551,7 +563,9 @@ class Runtime:
         if "ack" not in session.features:
             log.debug("ack ignored (not negotiated) session_id=%s", session.session_id)
             return
-        session.buffer.ack(ack.last_processed_seq)
+        if session.buffer.ack(ack.last_processed_seq):
+            self._store.trim_events(session.session_id, session.buffer.acked_through)
+            self._save_session(session)
 
     def _on_close(self, connection: Connection, envelope: Envelope) -> None:
         """§6.7: acknowledge, flush, close the transport; jobs and session live on."""
@@ -611,7 +625,7 @@ class Runtime:
 
     # -- submit (§7.1, §7.2, §7.5) -----------------------------------------------------------
 
-    def _on_submit(self, connection: Connection, envelope: Envelope) -> None:
+    async def _on_submit(self, connection: Connection, envelope: Envelope) -> None:
         if self._closing:
             raise InternalError("runtime is shutting down")
         submit: JobSubmit = envelope.payload
@@ -621,6 +635,10 @@ class Runtime:
             print_ = fingerprint(unstructure_payload(submit))
             existing = self.jobs.find_idempotent(session.principal, submit.idempotency_key, print_)
             if existing is not None:
+                # Its record may still be on its way to the disk: wait for it.
+                await self._store.flush(since=self._store.position())
+                if self.jobs.get(existing.job_id) is not existing:
+                    raise InternalError("the original submit could not be stored; retry")
                 self._replay_submit(connection, existing, envelope.id)
                 return
         resolved = self.agents.resolve(submit.agent)
@@ -657,9 +675,24 @@ class Runtime:
         live = _LiveJob()
         if submit.max_runtime_sec is not None:
             live.deadline = trio.current_time() + submit.max_runtime_sec
+        mark = self._store.position()
         self.jobs.add(job, fingerprint_=print_)
         job.watchers.add(session.session_id)
         session.submitted.add(job.job_id)
+        self._store.save_job(job_to_row(job))
+        if print_ is not None and submit.idempotency_key is not None:
+            self._store.save_idempotency(
+                session.principal, submit.idempotency_key, print_, job.job_id
+            )
+        self._save_session(session)
+        try:
+            # Nothing is acknowledged that was not persisted (a no-op without a store).
+            await self._store.flush(since=mark)
+        except StoreError:
+            self.jobs.remove(job)
+            job.watchers.clear()
+            session.submitted.discard(job.job_id)
+            raise
         self._send_accepted(connection, job, envelope.id)
         log.info(
             "job accepted job_id=%s agent=%s session_id=%s",
@@ -722,6 +755,7 @@ class Runtime:
         elif session.session_id not in job.watchers:
             job.watchers.add(session.session_id)
             session.subscribed.add(job.job_id)
+            self._save_session(session)
 
     # -- cancel (§7.4) ----------------------------------------------------------------------
 
@@ -803,6 +837,7 @@ class Runtime:
         else:
             job.watchers.add(session.session_id)
             session.subscribed.add(job.job_id)
+            self._save_session(session)
 
     def _on_unsubscribe(self, connection: Connection, envelope: Envelope) -> None:
         request: JobUnsubscribe = envelope.payload
@@ -810,6 +845,7 @@ class Runtime:
         self._require(session, "subscribe")
         if request.job_id in session.subscribed:
             session.subscribed.discard(request.job_id)
+            self._save_session(session)
             job = self.jobs.get(request.job_id)
             if job is not None and job.job_id not in session.submitted:
                 job.watchers.discard(session.session_id)
@@ -828,6 +864,7 @@ class Runtime:
                     await self._limiter.acquire_on_behalf_of(job.job_id)
                 try:
                     job.transition(JobStatus.RUNNING)
+                    self._store.save_job(job_to_row(job))
                     terminal = await self._invoke(job, live, function, input_)
                 finally:
                     if self._limiter is not None:
@@ -909,8 +946,9 @@ class Runtime:
     def _finish(self, job: JobRecord, live: _LiveJob, terminal: Terminal) -> None:
         terminal = attrs.evolve(terminal, completed_at=format_timestamp(self._wall_clock()))
         job.finish(terminal)
+        self._store.save_job(job_to_row(job))
         live.done.set()
-        del self._live[job.job_id]
+        self._live.pop(job.job_id, None)
         parent = self.jobs.get(job.parent_job_id) if job.parent_job_id else None
         if (
             parent is not None
@@ -960,6 +998,19 @@ class Runtime:
         frame_id: str,
         payload_json: str,
     ) -> None:
+        notice = self._stamp(session, job, message_type, frame_id, payload_json)
+        if notice is not None:
+            self._notify_overflow(session, job, notice)
+
+    def _stamp(
+        self,
+        session: Session,
+        job: JobRecord,
+        message_type: MessageType,
+        frame_id: str,
+        payload_json: str,
+    ) -> OverflowNotice | None:
+        """``Session.deliver``, plus the store: the stamped frame outlives a crash."""
         notice = session.deliver(
             message_type,
             job_id=job.job_id,
@@ -967,8 +1018,17 @@ class Runtime:
             frame_id=frame_id,
             payload_json=payload_json,
         )
-        if notice is not None:
-            self._notify_overflow(session, job, notice)
+        if self._store.durable:
+            buffer = session.buffer
+            stamped = buffer.last()
+            if stamped is not None:
+                self._store.append_event(
+                    StoredEvent(session.session_id, stamped.seq, stamped.job_id, stamped.frame)
+                )
+            if len(buffer) >= buffer.max_events and stamped is not None and stamped.seq % 1024 == 0:
+                # At the cap the oldest events are evicted in memory; keep the file bounded.
+                self._store.trim_events(session.session_id, buffer.first_held_seq() - 1)
+        return notice
 
     def _notify_overflow(self, session: Session, job: JobRecord, notice: OverflowNotice) -> None:
         """§6.5 back-pressure signal: the buffer cap evicted unacknowledged events."""
@@ -990,13 +1050,7 @@ class Runtime:
         payload_json = dumps(
             {"kind": "status", "ts": format_timestamp(self._wall_clock()), "body": body}
         )
-        session.deliver(
-            MessageType.JOB_EVENT,
-            job_id=job.job_id,
-            trace_id=job.trace_id,
-            frame_id=new_ulid(),
-            payload_json=payload_json,
-        )
+        self._stamp(session, job, MessageType.JOB_EVENT, new_ulid(), payload_json)
 
     # == the JobContext's host interface =========================================================
 
@@ -1033,9 +1087,121 @@ class Runtime:
         payload_json = dumps(
             {"kind": kind, "ts": format_timestamp(self._wall_clock()), "body": body}
         )
-        job.record_event(frame_id, kind, payload_json)
+        entry = job.record_event(frame_id, kind, payload_json)
+        if self._store.durable:
+            self._store.append_history(
+                StoredHistoryEntry(job.job_id, entry.index, frame_id, kind, payload_json)
+            )
         for session in self._watching_sessions(job):
             self._deliver_one(session, job, MessageType.JOB_EVENT, frame_id, payload_json)
+
+    async def _janitor(self) -> None:
+        """Retention: forget finished jobs older than ``job_retention_sec``."""
+        while True:
+            await trio.sleep(self.config.janitor_interval_sec)
+            self.reclaim()
+
+    def reclaim(self) -> int:
+        """Forget finished jobs past retention now; returns how many went."""
+        horizon = self._wall_clock() - timedelta(seconds=self.config.job_retention_sec)
+        expired = [
+            job
+            for job in self.jobs
+            if job.terminal is not None
+            and job.job_id not in self._live
+            and parse_timestamp(job.terminal.completed_at) < horizon
+        ]
+        for job in expired:
+            self.jobs.remove(job)
+            self._store.delete_job(job.job_id)
+            if job.idempotency_key is not None:
+                self._store.delete_idempotency(job.principal, job.idempotency_key)
+        if expired:
+            log.info("janitor reclaimed jobs=%s", len(expired))
+        return len(expired)
+
+    def _save_session(self, session: Session) -> None:
+        if self._store.durable:
+            self._store.save_session(session_to_row(session))
+
+    def _restore(self, recovered: Recovered) -> None:
+        """Rebuild state from the store after a restart (before serving anything).
+
+        Jobs that were running when the process died cannot be resumed (§1.2: agent
+        state across restarts is out of scope); they end now with a retryable
+        ``INTERNAL_ERROR``, delivered to every session that watched them, so a client
+        that resumes receives the missing events and that terminal.
+        """
+        for row in recovered.jobs:
+            self.jobs.restore(job_from_row(row, history_limit=self.config.job_history_limit))
+        for principal, key, print_, job_id in recovered.idempotency:
+            if self.jobs.get(job_id) is not None:
+                self.jobs.restore_idempotency(principal, key, print_, job_id)
+        for entry in recovered.history:
+            job = self.jobs.get(entry.job_id)
+            if job is not None:
+                job.history.append(
+                    HistoryEntry(entry.index, entry.frame_id, entry.kind, entry.payload_json)
+                )
+                job.last_event_index = max(job.last_event_index, entry.index)
+        events: dict[str, list[BufferedEvent]] = {}
+        for event in recovered.events:
+            events.setdefault(event.session_id, []).append(
+                BufferedEvent(event.seq, event.job_id, event.frame)
+            )
+        now = trio.current_time()
+        for saved in recovered.sessions:
+            session = Session(
+                session_id=saved.session_id,
+                principal=saved.principal,
+                features=frozenset(saved.features),
+                dialect=Dialect(saved.dialect),
+                buffer=EventBuffer.restore(
+                    events.get(saved.session_id, []),
+                    max_events=self.config.max_buffered_events,
+                    acked_through=saved.acked_through,
+                    evicted_through=saved.evicted_through,
+                ),
+                window=ResumeWindow(window_sec=self.config.resume_window_sec),
+                token_hash=saved.token_hash,
+                client_name=saved.client_name,
+                submitted=set(saved.submitted),
+                subscribed=set(saved.subscribed),
+            )
+            self._sessions[session.session_id] = session
+            for job_id in session.watching:
+                job = self.jobs.get(job_id)
+                if job is not None:
+                    job.watchers.add(session.session_id)
+            # Detached since the restart: resumable for a whole window from now.
+            session.window.detach(now)
+            session.detach_generation += 1
+            self._session_nursery.start_soon(
+                self._expire_later,
+                session,
+                session.detach_generation,
+                now + self.config.resume_window_sec,
+            )
+        interrupted = [job for job in self.jobs if not job.is_terminal]
+        for job in interrupted:
+            self._finish(
+                job,
+                _LiveJob(),
+                Terminal(
+                    status=JobStatus.ERROR,
+                    completed_at="",
+                    code=ErrorCode.INTERNAL_ERROR,
+                    message="runtime restarted",
+                    retryable=True,
+                ),
+            )
+        log.info(
+            "store restored jobs=%s interrupted=%s sessions=%s events=%s",
+            len(recovered.jobs),
+            len(interrupted),
+            len(recovered.sessions),
+            len(recovered.events),
+        )
 
     def _end_job(self, job_id: str, code: str, message: str) -> None:
         """Record why the runtime ends a running job, then cancel it."""
@@ -1126,6 +1292,7 @@ class Runtime:
             history_limit=self.config.job_history_limit,
         )
         self.jobs.add(child)
+        self._store.save_job(job_to_row(child))
         parent_live.children.add(child.job_id)
         # A child never outlives its parent: same max_runtime deadline at most.
         self._start_job(child, _LiveJob(deadline=parent_live.deadline), resolved.function, input_)
@@ -1258,6 +1425,7 @@ async def open_runtime(
     wall_clock: WallClock = system_wall_clock,
     observe_policy: ObservePolicy = same_principal,
     tools: ToolRegistry | None = None,
+    store: Store | None = None,
 ) -> AsyncIterator[Runtime]:
     """Open a runtime that owns its job nursery; shut it down on exit.
 
@@ -1270,29 +1438,46 @@ async def open_runtime(
         observe_policy: who may list/subscribe to whose jobs (§14: same principal by
             default).
         tools: tools agents may call through ``ctx.call_tool`` (§9.3).
+        store: persistence (``SQLiteStore``); default ``MemoryStore``, nothing
+            survives the process. A durable store is loaded first: jobs, sessions
+            and event buffers come back, and jobs that were running end with a
+            retryable ``INTERNAL_ERROR`` ("runtime restarted").
+
+    Raises:
+        StoreError: the store's file is corrupt or has a newer schema.
 
     On exit (normal or not) the runtime stops accepting, gives running jobs
     ``shutdown_grace_sec`` to finish, then cancels them with a terminal that every
     watcher receives.
     """
-    async with (
-        open_owner_nursery() as (job_nursery, body),
-        trio.open_nursery() as session_nursery,
-    ):
-        runtime = Runtime(
-            agents=agents,
-            auth=BearerAuth(tokens),
-            config=config or RuntimeConfig(),
-            wall_clock=wall_clock,
-            observe_policy=observe_policy,
-            tools=tools or ToolRegistry(),
-            job_nursery=job_nursery,
-            session_nursery=session_nursery,
-        )
-        try:
-            yield runtime
-        except BaseException as exc:
-            body.error = exc
-            raise
-        finally:
-            await runtime.shutdown()
+    store = store or MemoryStore()
+    recovered = await store.load()
+    try:
+        async with open_owner_nursery() as (store_nursery, body):
+            # The writer outlives jobs and sessions, so their last words are written.
+            await store_nursery.start(store.run)
+            async with trio.open_nursery() as job_nursery, trio.open_nursery() as session_nursery:
+                runtime = Runtime(
+                    agents=agents,
+                    auth=BearerAuth(tokens),
+                    config=config or RuntimeConfig(),
+                    wall_clock=wall_clock,
+                    observe_policy=observe_policy,
+                    tools=tools or ToolRegistry(),
+                    store=store,
+                    job_nursery=job_nursery,
+                    session_nursery=session_nursery,
+                )
+                runtime._restore(recovered)
+                session_nursery.start_soon(runtime._janitor)
+                try:
+                    yield runtime
+                except BaseException as exc:
+                    body.error = exc
+                    raise
+                finally:
+                    await runtime.shutdown()
+            store_nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            await store.aclose()

@@ -1,0 +1,111 @@
+"""Converting the runtime's records to and from the rows a ``Store`` keeps."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from ..protocol.job import JobRecord, JobStatus, Terminal
+from ..protocol.leases import Budget, Lease
+from ..protocol.session import Dialect
+from ..store.base import SessionRow
+from ..wire.timestamps import parse_timestamp
+
+if TYPE_CHECKING:
+    from .session import Session
+
+__all__ = ["job_from_row", "job_to_row", "session_to_row"]
+
+
+def job_to_row(job: JobRecord) -> dict[str, Any]:
+    """Everything about a job except its history (stored separately) and watchers
+    (rebuilt from the sessions that watch it)."""
+    terminal = None
+    if job.terminal is not None:
+        terminal = attrs.asdict(job.terminal)
+        terminal["status"] = str(job.terminal.status)
+    return {
+        "job_id": job.job_id,
+        "ordinal": job.ordinal,
+        "principal": job.principal,
+        "session_id": job.session_id,
+        "agent_name": job.agent_name,
+        "agent_version": job.agent_version,
+        "lease": job.lease.as_wire(),
+        "expires_at": None if job.lease.expires_at is None else job.lease.expires_at.isoformat(),
+        "lease_constraints": job.lease_constraints,
+        "budget": None
+        if job.budget is None
+        else {
+            "initial": {cur: str(v) for cur, v in job.budget.initial.items()},
+            "remaining": {cur: str(v) for cur, v in job.budget.remaining.items()},
+        },
+        "trace_id": job.trace_id,
+        "parent_job_id": job.parent_job_id,
+        "delegate_id": job.delegate_id,
+        "created_at": job.created_at.isoformat(),
+        "accepted_at": job.accepted_at,
+        "idempotency_key": job.idempotency_key,
+        "status": str(job.status),
+        "terminal": terminal,
+        "terminal_frame_id": job.terminal_frame_id,
+    }
+
+
+def job_from_row(row: dict[str, Any], *, history_limit: int) -> JobRecord:
+    lease = Lease(grants={ns: tuple(p) for ns, p in row["lease"].items()})
+    if row.get("expires_at"):
+        lease = attrs.evolve(lease, expires_at=parse_timestamp(row["expires_at"]))
+    budget = None
+    if row.get("budget") is not None:
+        budget = Budget(
+            initial={cur: Decimal(v) for cur, v in row["budget"]["initial"].items()},
+            remaining={cur: Decimal(v) for cur, v in row["budget"]["remaining"].items()},
+        )
+    terminal = None
+    if row.get("terminal") is not None:
+        data = dict(row["terminal"])
+        data["status"] = JobStatus(data["status"])
+        terminal = Terminal(**data)
+    return JobRecord(
+        job_id=row["job_id"],
+        ordinal=row["ordinal"],
+        principal=row["principal"],
+        session_id=row["session_id"],
+        agent_name=row["agent_name"],
+        agent_version=row["agent_version"],
+        lease=lease,
+        lease_constraints=row["lease_constraints"],
+        budget=budget,
+        trace_id=row["trace_id"],
+        parent_job_id=row["parent_job_id"],
+        delegate_id=row["delegate_id"],
+        created_at=parse_timestamp(row["created_at"]),
+        accepted_at=row["accepted_at"],
+        idempotency_key=row["idempotency_key"],
+        status=JobStatus(row["status"]),
+        terminal=terminal,
+        history_limit=history_limit,
+        terminal_frame_id=row.get("terminal_frame_id"),
+    )
+
+
+def session_to_row(session: Session) -> SessionRow:
+    return SessionRow(
+        session_id=session.session_id,
+        principal=session.principal,
+        token_hash=session.token_hash,
+        features=sorted(session.features),
+        dialect=session.dialect.value,
+        client_name=session.client_name,
+        submitted=sorted(session.submitted),
+        subscribed=sorted(session.subscribed),
+        acked_through=session.buffer.acked_through,
+        evicted_through=session.buffer.evicted_through,
+    )
+
+
+def dialect_of(value: str) -> Dialect:
+    return Dialect(value)

@@ -1,0 +1,174 @@
+"""Persistence behind one interface: what the runtime writes, and what it reads back.
+
+The runtime's own structures stay the source of truth while it runs; a ``Store``
+is told about every change (synchronously, so handlers stay atomic) and makes
+them durable in the background. ``flush()`` waits until everything told so far is
+durable — the runtime awaits it before acknowledging what must not be lost
+(``job.accepted``). ``load()`` returns everything needed to restart: jobs,
+idempotency records, sessions and their event buffers, job histories.
+
+Two implementations: ``MemoryStore`` (nothing survives the process; ``flush`` is
+immediate) and ``SQLiteStore`` (``store/sqlite.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import attrs
+import trio
+
+from ..wire.errors import InternalError
+
+__all__ = [
+    "MemoryStore",
+    "Recovered",
+    "SessionRow",
+    "Store",
+    "StoreError",
+    "StoredEvent",
+    "StoredHistoryEntry",
+]
+
+
+class StoreError(InternalError):
+    """A write could not be made durable (disk full, I/O error, corrupt file).
+
+    ``INTERNAL_ERROR`` and retryable: the request that needed it was not
+    acknowledged.
+    """
+
+
+@attrs.frozen
+class StoredEvent:
+    session_id: str
+    seq: int
+    job_id: str
+    frame: str
+
+
+@attrs.frozen
+class StoredHistoryEntry:
+    job_id: str
+    index: int
+    frame_id: str
+    kind: str
+    payload_json: str
+
+
+@attrs.frozen(kw_only=True)
+class SessionRow:
+    session_id: str
+    principal: str
+    token_hash: str
+    features: list[str]
+    dialect: str
+    client_name: str
+    submitted: list[str]
+    subscribed: list[str]
+    acked_through: int
+    evicted_through: int
+
+
+@attrs.frozen(kw_only=True)
+class Recovered:
+    """Everything a restarted runtime needs (empty for a fresh store)."""
+
+    jobs: list[dict[str, Any]] = attrs.field(factory=list)
+    idempotency: list[tuple[str, str, str, str]] = attrs.field(factory=list)
+    sessions: list[SessionRow] = attrs.field(factory=list)
+    events: list[StoredEvent] = attrs.field(factory=list)
+    history: list[StoredHistoryEntry] = attrs.field(factory=list)
+
+
+class Store(Protocol):
+    """What the runtime needs from persistence. Writes are queued, not awaited."""
+
+    durable: bool
+
+    async def load(self) -> Recovered: ...
+
+    def save_job(self, job: dict[str, Any]) -> None: ...
+
+    def delete_job(self, job_id: str) -> None: ...
+
+    def save_idempotency(self, principal: str, key: str, fingerprint: str, job_id: str) -> None: ...
+
+    def delete_idempotency(self, principal: str, key: str) -> None: ...
+
+    def save_session(self, row: SessionRow) -> None: ...
+
+    def delete_session(self, session_id: str) -> None: ...
+
+    def append_event(self, event: StoredEvent) -> None: ...
+
+    def trim_events(self, session_id: str, through_seq: int) -> None: ...
+
+    def append_history(self, entry: StoredHistoryEntry) -> None: ...
+
+    def position(self) -> int:
+        """How many writes have been queued so far (pass to ``flush(since=...)``)."""
+        ...
+
+    async def flush(self, since: int = 0) -> None:
+        """Wait until the writes queued after ``since`` (and before the call) are durable.
+
+        Raises:
+            StoreError: some of them could not be made durable.
+        """
+        ...
+
+    async def run(self, *, task_status: Any = ...) -> None:
+        """The background writer; runs until cancelled (owned by the runtime)."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class MemoryStore:
+    """No persistence: a restart forgets everything (``arcp-trio serve --memory``)."""
+
+    durable = False
+
+    async def load(self) -> Recovered:
+        return Recovered()
+
+    def save_job(self, job: dict[str, Any]) -> None:
+        pass
+
+    def delete_job(self, job_id: str) -> None:
+        pass
+
+    def save_idempotency(self, principal: str, key: str, fingerprint: str, job_id: str) -> None:
+        pass
+
+    def delete_idempotency(self, principal: str, key: str) -> None:
+        pass
+
+    def save_session(self, row: SessionRow) -> None:
+        pass
+
+    def delete_session(self, session_id: str) -> None:
+        pass
+
+    def append_event(self, event: StoredEvent) -> None:
+        pass
+
+    def trim_events(self, session_id: str, through_seq: int) -> None:
+        pass
+
+    def append_history(self, entry: StoredHistoryEntry) -> None:
+        pass
+
+    def position(self) -> int:
+        return 0
+
+    async def flush(self, since: int = 0) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        await trio.sleep_forever()
+
+    async def aclose(self) -> None:
+        pass
