@@ -1,11 +1,13 @@
 """The ``arcp-trio`` command. The only module that configures logging.
 
-``arcp-trio serve`` hosts the demo agents over WebSocket and prints exactly one
+``arcp-trio serve`` hosts the demo agents over WebSocket (jobs, sessions and event
+buffers in SQLite unless ``--memory``) and prints exactly one
 line on stdout, ``READY ws://HOST:PORT/arcp``, once it listens (other tools wait
 for it). Logs go to stderr. It exits cleanly on SIGINT/SIGTERM or after
 ``--max-seconds``. ``--stdio`` serves one session as NDJSON on stdin/stdout (§4).
 
-Exit codes: 0 clean shutdown, 2 bad arguments.
+Exit codes: 0 clean shutdown, 2 bad arguments, 3 the store's file was refused
+(corrupt, or written by a newer arcp-trio).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import secrets
 import signal
 import sys
@@ -25,10 +28,12 @@ from .demo_agents import demo_registry
 from .runtime.config import RuntimeConfig
 from .runtime.runtime import Runtime, open_runtime
 from .runtime.serve import serve_websocket
+from .store import MemoryStore, SQLiteStore, Store, StoreError
 from .transport.stdio import open_stdio_transport
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+from pathlib import Path
 
 __all__ = ["main"]
 
@@ -87,8 +92,24 @@ def _build_parser() -> argparse.ArgumentParser:
         help="how long running jobs get to finish at shutdown",
     )
     serve.add_argument("--stdio", action="store_true", help="serve one session on stdin/stdout")
+    storage = serve.add_mutually_exclusive_group()
+    storage.add_argument(
+        "--db",
+        default=None,
+        metavar="PATH",
+        help=f"SQLite file for jobs, sessions and event buffers (default: {_default_db()})",
+    )
+    storage.add_argument(
+        "--memory", action="store_true", help="keep nothing on disk (a restart forgets all)"
+    )
     serve.add_argument("--log-level", default="INFO", help="stderr log level (default INFO)")
     return parser
+
+
+def _default_db() -> Path:
+    """``$XDG_DATA_HOME/arcp-trio/runtime.sqlite3`` (``~/.local/share`` by default)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "arcp-trio" / "runtime.sqlite3"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -99,7 +120,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     if args.command == "serve":
-        trio.run(_serve, args)
+        try:
+            trio.run(_serve, args)
+        except StoreError as exc:
+            print(f"arcp-trio: refusing to start: {exc.message}", file=sys.stderr)
+            return 3
     return 0
 
 
@@ -114,8 +139,9 @@ async def _serve(args: argparse.Namespace) -> None:
         resume_window_sec=args.resume_window_sec,
         shutdown_grace_sec=args.shutdown_grace_sec,
     )
+    store: Store = MemoryStore() if args.memory else SQLiteStore(args.db or _default_db())
     async with (
-        open_runtime(agents=demo_registry(), tokens=tokens, config=config) as runtime,
+        open_runtime(agents=demo_registry(), tokens=tokens, config=config, store=store) as runtime,
         trio.open_nursery() as nursery,
     ):
         if args.stdio:

@@ -22,7 +22,7 @@ from tests.helpers import Peer
 if TYPE_CHECKING:
     from arcp_trio.transport.base import Transport
 
-SERVE = [sys.executable, "-m", "arcp_trio", "serve", "--log-level", "WARNING"]
+SERVE = [sys.executable, "-m", "arcp_trio", "serve", "--memory", "--log-level", "WARNING"]
 
 
 async def read_line(stream: trio.abc.ReceiveStream) -> str:

@@ -10,7 +10,7 @@ import trio
 from arcp_trio.client import open_client
 from arcp_trio.client.connectors import spawn_stdio
 
-SERVE = [sys.executable, "-m", "arcp_trio", "serve", "--stdio", "--token", "t=me"]
+SERVE = [sys.executable, "-m", "arcp_trio", "serve", "--stdio", "--memory", "--token", "t=me"]
 
 
 async def test_client_over_stdio_to_a_child_runtime() -> None:

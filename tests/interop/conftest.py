@@ -105,7 +105,7 @@ def _command(
     max_seconds: float,
 ) -> list[str]:
     if kind == "arcp_trio":
-        cmd = [sys.executable, "-m", "arcp_trio", "serve"]
+        cmd = [sys.executable, "-m", "arcp_trio", "serve", "--memory"]
     elif kind == "reference":
         cmd = [sys.executable, str(REF_SERVER)]
     else:
