@@ -71,6 +71,10 @@ class EventBuffer:
         self.evicted_through = 0
         self.evicted_total = 0
         self._notice_pending = False
+        #: One notice per episode. An episode ends when the client acknowledges again,
+        #: or when the notice itself is evicted (so one is always held while evicting).
+        self._episode_noticed = False
+        self._notice_seq = 0
         self._evicted_since_notice = 0
 
     # -- stamping ---------------------------------------------------------------------
@@ -98,11 +102,23 @@ class EventBuffer:
     def _evict(self, count: int) -> None:
         for _ in range(count):
             gone = self._events.popleft()
+            if gone.seq == self._notice_seq:
+                self._episode_noticed = False
             if gone.seq > self.acked_through:
                 self.evicted_through = gone.seq
                 self.evicted_total += 1
                 self._evicted_since_notice += 1
-                self._notice_pending = True
+                if not self._episode_noticed:
+                    self._notice_pending = True
+
+    def defer_notice(self, notice: OverflowNotice) -> None:
+        """Put a notice back: the caller could not deliver it yet."""
+        self._notice_pending = True
+        self._evicted_since_notice += notice.evicted_count
+
+    def mark_notice(self, seq: int) -> None:
+        """Record which stamped event carries the overflow notice."""
+        self._notice_seq = seq
 
     def take_overflow_notice(self) -> OverflowNotice | None:
         """Once per eviction episode: what was lost since the last notice."""
@@ -110,6 +126,7 @@ class EventBuffer:
             return None
         notice = OverflowNotice(self.evicted_through, self._evicted_since_notice)
         self._notice_pending = False
+        self._episode_noticed = True
         self._evicted_since_notice = 0
         return notice
 
@@ -159,6 +176,7 @@ class EventBuffer:
         freed = 0
         if last_processed_seq > self.acked_through:
             self.acked_through = last_processed_seq
+            self._episode_noticed = False
             events = self._events
             while events and events[0].seq <= last_processed_seq:
                 events.popleft()

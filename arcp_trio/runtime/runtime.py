@@ -999,8 +999,13 @@ class Runtime:
         payload_json: str,
     ) -> None:
         notice = self._stamp(session, job, message_type, frame_id, payload_json)
-        if notice is not None:
+        if notice is None:
+            return
+        if message_type == MessageType.JOB_EVENT:
             self._notify_overflow(session, job, notice)
+        else:
+            # Nothing may follow a job's terminal; the next event (of any job) says it.
+            session.buffer.defer_notice(notice)
 
     def _stamp(
         self,
@@ -1051,6 +1056,7 @@ class Runtime:
             {"kind": "status", "ts": format_timestamp(self._wall_clock()), "body": body}
         )
         self._stamp(session, job, MessageType.JOB_EVENT, new_ulid(), payload_json)
+        session.buffer.mark_notice(session.buffer.last_seq)
 
     # == the JobContext's host interface =========================================================
 
@@ -1092,6 +1098,9 @@ class Runtime:
             self._store.append_history(
                 StoredHistoryEntry(job.job_id, entry.index, frame_id, kind, payload_json)
             )
+            if entry.index > job.history_limit and entry.index % 1024 == 0:
+                # Keep the file's copy of the history as bounded as the memory one.
+                self._store.trim_history(job.job_id, entry.index - job.history_limit)
         for session in self._watching_sessions(job):
             self._deliver_one(session, job, MessageType.JOB_EVENT, frame_id, payload_json)
 

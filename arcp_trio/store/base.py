@@ -106,6 +106,8 @@ class Store(Protocol):
 
     def append_history(self, entry: StoredHistoryEntry) -> None: ...
 
+    def trim_history(self, job_id: str, through_index: int) -> None: ...
+
     def position(self) -> int:
         """How many writes have been queued so far (pass to ``flush(since=...)``)."""
         ...
@@ -158,6 +160,9 @@ class MemoryStore:
         pass
 
     def append_history(self, entry: StoredHistoryEntry) -> None:
+        pass
+
+    def trim_history(self, job_id: str, through_index: int) -> None:
         pass
 
     def position(self) -> int:

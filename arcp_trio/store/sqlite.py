@@ -73,9 +73,12 @@ _DELETE_SESSION = "DELETE FROM sessions WHERE session_id = ?"
 _DELETE_SESSION_EVENTS = "DELETE FROM events WHERE session_id = ?"
 _APPEND_EVENT = "INSERT OR REPLACE INTO events (session_id, seq, job_id, frame) VALUES (?, ?, ?, ?)"
 _TRIM_EVENTS = "DELETE FROM events WHERE session_id = ? AND seq <= ?"
+_TRIM_HISTORY = "DELETE FROM history WHERE job_id = ? AND idx <= ?"
+_APPENDS: frozenset[str]
 _APPEND_HISTORY = (
     "INSERT OR REPLACE INTO history (job_id, idx, frame_id, kind, payload) VALUES (?, ?, ?, ?, ?)"
 )
+_APPENDS = frozenset({_APPEND_EVENT, _APPEND_HISTORY})
 
 
 class SQLiteStore:
@@ -213,6 +216,9 @@ class SQLiteStore:
             (entry.job_id, entry.index, entry.frame_id, entry.kind, entry.payload_json),
         )
 
+    def trim_history(self, job_id: str, through_index: int) -> None:
+        self._enqueue(_TRIM_HISTORY, (job_id, through_index))
+
     # -- the writer -----------------------------------------------------------------------------
 
     def _apply_sync(self, ops: list[_Op]) -> None:
@@ -221,14 +227,20 @@ class SQLiteStore:
             raise StoreError("the store is not open")
         try:
             db.execute("BEGIN")
-            index = 0
-            while index < len(ops):
-                sql = ops[index][0]
-                end = index + 1
-                while end < len(ops) and ops[end][0] == sql:
-                    end += 1
-                db.executemany(sql, [params for _, params in ops[index:end]])
-                index = end
+            # Appends (events, history) interleave on the hot path; each kind is
+            # gathered into one executemany. Any other statement is a barrier: the
+            # appends queued before it are written first, so order is kept.
+            appends: dict[str, list[tuple[Any, ...]]] = {}
+            for sql, params in ops:
+                if sql in _APPENDS:
+                    appends.setdefault(sql, []).append(params)
+                    continue
+                for append_sql, rows in appends.items():
+                    db.executemany(append_sql, rows)
+                appends.clear()
+                db.execute(sql, params)
+            for append_sql, rows in appends.items():
+                db.executemany(append_sql, rows)
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:

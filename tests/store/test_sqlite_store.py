@@ -204,3 +204,32 @@ async def test_retention_reclaims_finished_jobs(
         await later.hello()
         fresh = await later.submit("echo", 0, idempotency_key="k0")
         assert fresh["type"] == "job.accepted"
+
+
+async def test_the_file_stays_bounded_by_the_configured_caps(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    path = tmp_path / "rt.sqlite3"
+    store = SQLiteStore(path)
+    config = RuntimeConfig(
+        heartbeat_interval_sec=1000, max_buffered_events=1000, job_history_limit=1000
+    )
+    with trio.fail_after(60):
+        async with open_runtime(
+            agents=demo_registry(),
+            tokens=TOKENS,
+            wall_clock=trio_wall_clock,
+            store=store,
+            config=config,
+        ) as runtime:
+            peer, _ = await connect(runtime, nursery)
+            await peer.hello()
+            accepted = await peer.submit("chatty", {"n": 10_000})
+            await peer.recv_terminal(accepted["job_id"])
+            await store.flush()
+            assert store._db is not None
+            events = store._db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+            history = store._db.execute("SELECT COUNT(*) FROM history").fetchone()[0]
+    # Never more than the caps plus one trimming stride (1024) behind.
+    assert events <= 1000 + 1024
+    assert history <= 1000 + 1024
