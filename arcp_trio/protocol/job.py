@@ -180,6 +180,8 @@ class JobRecord:
     watchers: set[str] = attrs.field(factory=set)
     #: The terminal frame's envelope id, shared by every session it is routed to.
     terminal_frame_id: str | None = None
+    #: Provisioned credentials (§9.8, wire shape). Secret: memory and ledger only.
+    credentials: list[dict[str, Any]] = attrs.field(factory=list, repr=False)
 
     def __attrs_post_init__(self) -> None:
         self.history = deque(maxlen=self.history_limit)

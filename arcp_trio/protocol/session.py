@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ALL_FEATURES",
+    "CREDENTIALS_FEATURE",
     "SPEC_SHAPES_FEATURE",
     "Dialect",
     "HeartbeatAction",
@@ -37,6 +38,9 @@ __all__ = [
     "ResumeWindow",
     "negotiate_features",
 ]
+
+#: §9.8: advertised only with a credential provisioner and a durable ledger.
+CREDENTIALS_FEATURE = "provisioned_credentials"
 
 #: The feature a client lists to receive the spec's exact frame shapes (WIRE.md).
 SPEC_SHAPES_FEATURE = "x-vendor.arcp-trio.spec-shapes"
@@ -49,6 +53,7 @@ ALL_FEATURES: tuple[str, ...] = (
     "subscribe",
     "lease_expires_at",
     "cost.budget",
+    "model.use",
     "progress",
     "result_chunk",
     "agent_versions",

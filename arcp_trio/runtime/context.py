@@ -53,6 +53,8 @@ class _Host(Protocol):
 
     async def _call_tool(self, job: JobRecord, name: str, args: Any) -> Any: ...
 
+    async def _rotate_credential(self, job: JobRecord, credential_id: str) -> dict[str, Any]: ...
+
     def _authorize_model(self, job: JobRecord, model: str) -> None: ...
 
     async def _delegate(
@@ -130,6 +132,21 @@ class JobContext:
     def budget(self) -> Mapping[str, Decimal]:
         """A snapshot of the remaining per-currency budget counters (§9.6)."""
         return {} if self._job.budget is None else dict(self._job.budget.remaining)
+
+    @property
+    def credentials(self) -> list[dict[str, Any]]:
+        """Provisioned credentials (§9.8), current values. Secret: never log them."""
+        return [dict(c) for c in self._job.credentials]
+
+    async def rotate_credential(self, credential_id: str) -> dict[str, Any]:
+        """Re-issue a credential (§9.8.2): the submitter is sent a
+        ``status {phase: "credential_rotated"}`` with the new value, and the old value
+        is revoked. Returns the new credential.
+
+        Raises:
+            InvalidRequest: no such credential, or no provisioner configured.
+        """
+        return await self._host._rotate_credential(self._job, credential_id)
 
     # -- authority ------------------------------------------------------------------------
 

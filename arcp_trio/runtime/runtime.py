@@ -24,6 +24,7 @@ sessions and the history→live boundary of a subscription exactly-once.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -38,7 +39,13 @@ from .._scopes import open_owner_nursery
 from ..protocol.eventlog import BufferedEvent, EventBuffer, OverflowNotice
 from ..protocol.job import HistoryEntry, JobRecord, JobStatus, JobTable, Terminal, fingerprint
 from ..protocol.leases import Budget, child_lease, parse_lease
-from ..protocol.session import ALL_FEATURES, Dialect, ResumeWindow, negotiate_features
+from ..protocol.session import (
+    ALL_FEATURES,
+    CREDENTIALS_FEATURE,
+    Dialect,
+    ResumeWindow,
+    negotiate_features,
+)
 from ..store.base import MemoryStore, Recovered, Store, StoredEvent, StoredHistoryEntry, StoreError
 from ..transport.base import MessageTooLarge, Transport, TransportError
 from ..wire.codec import Envelope, decode, dumps, encode, unstructure_payload
@@ -82,6 +89,12 @@ from .auth import BearerAuth
 from .config import RuntimeConfig
 from .connection import Connection
 from .context import JobContext
+from .credentials import (
+    Credential,
+    CredentialProvisioner,
+    CredentialRequest,
+    TransientRevocationError,
+)
 from .persist import job_from_row, job_to_row, session_to_row
 from .session import Session, hash_token
 from .tools import ToolRegistry
@@ -131,6 +144,9 @@ class _LiveJob:
 #: is "same principal only".
 ObservePolicy = Callable[[str, JobRecord], bool]
 
+#: Revocation attempts before a credential is reported as unrevocable.
+_REVOKE_ATTEMPTS = 8
+
 #: Events an agent may emit between two scheduling points (see ``_emit``).
 _EMITS_PER_YIELD = 32
 
@@ -152,12 +168,21 @@ class Runtime:
         observe_policy: ObservePolicy,
         tools: ToolRegistry,
         store: Store,
+        provisioner: CredentialProvisioner | None,
         job_nursery: trio.Nursery,
         session_nursery: trio.Nursery,
     ) -> None:
         self.agents = agents
         self.tools = tools
         self._store = store
+        self._provisioner = provisioner
+        # §14: "A runtime that cannot guarantee revocation MUST NOT advertise
+        # provisioned_credentials": it needs a provisioner and a durable ledger.
+        self.features: tuple[str, ...] = ALL_FEATURES + (
+            (CREDENTIALS_FEATURE,) if provisioner is not None and store.durable else ()
+        )
+        #: Credentials whose revocation failed for good (surfaced to operators).
+        self.unrevoked_credentials: list[str] = []
         self.config = config
         self._auth = auth
         self._wall_clock = wall_clock
@@ -353,7 +378,7 @@ class Runtime:
     def _hello(self, transport: Transport, envelope: Envelope) -> Connection:
         hello: SessionHello = envelope.payload
         principal = self._authenticate(hello.auth.scheme, hello.auth.token)
-        features = negotiate_features(ALL_FEATURES, hello.capabilities.features)
+        features = negotiate_features(self.features, hello.capabilities.features)
         resume = hello.resume_request()
         if resume is not None:
             return self._resume(
@@ -469,7 +494,7 @@ class Runtime:
                 resume_window_sec=self.config.resume_window_sec,
                 heartbeat_interval_sec=heartbeat,
                 capabilities=Capabilities(
-                    encodings=["json"], features=list(ALL_FEATURES), agents=agents
+                    encodings=["json"], features=list(self.features), agents=agents
                 ),
                 accepted_at=format_timestamp(self._wall_clock()),
             ),
@@ -686,9 +711,12 @@ class Runtime:
             )
         self._save_session(session)
         try:
-            # Nothing is acknowledged that was not persisted (a no-op without a store).
+            if CREDENTIALS_FEATURE in session.features and CREDENTIALS_FEATURE in self.features:
+                await self._issue_credentials(job)
+            # Nothing is acknowledged that was not persisted (a no-op without a store):
+            # the job, its idempotency record and its credentials' ledger entries.
             await self._store.flush(since=mark)
-        except StoreError:
+        except (StoreError, InternalError):
             self.jobs.remove(job)
             job.watchers.clear()
             session.submitted.discard(job.job_id)
@@ -735,6 +763,9 @@ class Runtime:
             value = getattr(job, key)
             if value is not None:
                 payload[key] = value
+        if job.credentials and connection.session.principal == job.principal:
+            # §14: credentials follow the submitting principal only.
+            payload["credentials"] = list(job.credentials)
         connection.send(
             Envelope(
                 type=MessageType.JOB_ACCEPTED,
@@ -825,6 +856,9 @@ class Runtime:
         if missing:
             # Never a silent gap: say how much history is no longer held.
             payload["history_missing"] = missing
+        if job.credentials and session.principal == job.principal:
+            # §7.6/§14: included solely for the original submitter.
+            payload["credentials"] = list(job.credentials)
         connection.reply(MessageType.JOB_SUBSCRIBED, payload, job_id=job.job_id)
         if already:
             return
@@ -947,6 +981,9 @@ class Runtime:
         terminal = attrs.evolve(terminal, completed_at=format_timestamp(self._wall_clock()))
         job.finish(terminal)
         self._store.save_job(job_to_row(job))
+        for credential in job.credentials:
+            # §9.8.2: revoke at every terminal state, however it ended.
+            self._schedule_revocation(job.job_id, credential)
         live.done.set()
         self._live.pop(job.job_id, None)
         parent = self.jobs.get(job.parent_job_id) if job.parent_job_id else None
@@ -1129,6 +1166,88 @@ class Runtime:
             log.info("janitor reclaimed jobs=%s", len(expired))
         return len(expired)
 
+    # == credentials (§9.8) ==============================================================
+
+    async def _issue_credentials(self, job: JobRecord) -> None:
+        assert self._provisioner is not None
+        request = CredentialRequest(
+            job_id=job.job_id,
+            principal=job.principal,
+            agent=job.agent,
+            lease=job.lease.as_wire(),
+            expires_at=(job.lease_constraints or {}).get("expires_at"),
+            budget_remaining={} if job.budget is None else job.budget.as_strings(),
+        )
+        try:
+            issued = await self._provisioner.issue(request)
+        except Exception as exc:
+            log.error("credential issue failed job_id=%s", job.job_id, exc_info=True)
+            raise InternalError(f"could not provision credentials: {type(exc).__name__}") from exc
+        for credential in issued:
+            wire = credential.as_wire()
+            job.credentials.append(wire)
+            # The ledger entry is written before the job is acknowledged (§14).
+            self._store.save_credential(_ledger_key(wire), job.job_id, "live", wire)
+
+    async def _rotate_credential(self, job: JobRecord, credential_id: str) -> dict[str, Any]:
+        """§9.8.2 rotation: new value to the submitter only, then revoke the old one."""
+        if self._provisioner is None:
+            raise InvalidRequest("no credential provisioner is configured")
+        index = next((i for i, c in enumerate(job.credentials) if c["id"] == credential_id), None)
+        if index is None:
+            raise InvalidRequest(f"job has no credential {credential_id!r}")
+        old = job.credentials[index]
+        fresh = (await self._provisioner.rotate(Credential.from_wire(old))).as_wire()
+        job.credentials[index] = fresh
+        self._store.save_credential(_ledger_key(fresh), job.job_id, "live", fresh)
+        submitter = self._sessions.get(job.session_id)
+        if submitter is not None:
+            # Not in the job's history and not to subscribers (§14): the submitter only.
+            body = {"phase": "credential_rotated", "id": credential_id, "value": fresh["value"]}
+            payload_json = dumps(
+                {"kind": "status", "ts": format_timestamp(self._wall_clock()), "body": body}
+            )
+            self._deliver_one(submitter, job, MessageType.JOB_EVENT, new_frame_id(), payload_json)
+        self._schedule_revocation(job.job_id, old)
+        await trio.lowlevel.checkpoint()
+        return fresh
+
+    def _schedule_revocation(self, job_id: str, credential: dict[str, Any]) -> None:
+        key = _ledger_key(credential)
+        self._store.save_credential(key, job_id, "revoking", credential)
+        self._session_nursery.start_soon(self._revoke, key, job_id, credential)
+
+    async def _revoke(self, key: str, job_id: str, credential: dict[str, Any]) -> None:
+        """Revoke with capped exponential backoff; give up loudly, never silently."""
+        assert self._provisioner is not None
+        delay = 0.5
+        for attempt in range(1, _REVOKE_ATTEMPTS + 1):
+            try:
+                await self._provisioner.revoke(Credential.from_wire(credential))
+            except TransientRevocationError as exc:
+                log.warning(
+                    "credential revocation failed, retrying credential_id=%s attempt=%s error=%s",
+                    credential["id"],
+                    attempt,
+                    exc,
+                )
+                await trio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+                continue
+            except Exception:
+                break
+            self._store.save_credential(key, job_id, "revoked", {"id": credential["id"]})
+            log.info("credential revoked credential_id=%s job_id=%s", credential["id"], job_id)
+            return
+        # §9.8.2: "MUST log permanent failures"; §14: surface them to operators.
+        log.error(
+            "credential revocation failed permanently credential_id=%s job_id=%s",
+            credential["id"],
+            job_id,
+        )
+        self.unrevoked_credentials.append(credential["id"])
+        self._store.save_credential(key, job_id, "failed", credential)
+
     def _save_session(self, session: Session) -> None:
         if self._store.durable:
             self._store.save_session(session_to_row(session))
@@ -1191,6 +1310,14 @@ class Runtime:
                 session.detach_generation,
                 now + self.config.resume_window_sec,
             )
+        for key, job_id, state, credential in recovered.credentials:
+            if state == "failed":
+                self.unrevoked_credentials.append(credential.get("id", key))
+            elif self._provisioner is not None:
+                # Outstanding revocations are re-driven after a restart (§14).
+                self._session_nursery.start_soon(self._revoke, key, job_id, credential)
+            else:
+                log.error("credential %s is outstanding but no provisioner is configured", key)
         interrupted = [job for job in self.jobs if not job.is_terminal]
         for job in interrupted:
             self._finish(
@@ -1415,6 +1542,12 @@ class _Child:
         )
 
 
+def _ledger_key(credential: dict[str, Any]) -> str:
+    """One ledger row per credential *value*: a rotation keeps the id, not the value."""
+    digest = hashlib.sha256(str(credential["value"]).encode()).hexdigest()[:16]
+    return f"{credential['id']}#{digest}"
+
+
 def _internal(message: str) -> Terminal:
     return Terminal(
         status=JobStatus.ERROR,
@@ -1435,6 +1568,7 @@ async def open_runtime(
     observe_policy: ObservePolicy = same_principal,
     tools: ToolRegistry | None = None,
     store: Store | None = None,
+    provisioner: CredentialProvisioner | None = None,
 ) -> AsyncIterator[Runtime]:
     """Open a runtime that owns its job nursery; shut it down on exit.
 
@@ -1447,6 +1581,8 @@ async def open_runtime(
         observe_policy: who may list/subscribe to whose jobs (§14: same principal by
             default).
         tools: tools agents may call through ``ctx.call_tool`` (§9.3).
+        provisioner: issues per-job credentials (§9.8); with a durable store the
+            runtime advertises ``provisioned_credentials``.
         store: persistence (``SQLiteStore``); default ``MemoryStore``, nothing
             survives the process. A durable store is loaded first: jobs, sessions
             and event buffers come back, and jobs that were running end with a
@@ -1474,6 +1610,7 @@ async def open_runtime(
                     observe_policy=observe_policy,
                     tools=tools or ToolRegistry(),
                     store=store,
+                    provisioner=provisioner,
                     job_nursery=job_nursery,
                     session_nursery=session_nursery,
                 )

@@ -79,6 +79,8 @@ class Recovered:
     sessions: list[SessionRow] = attrs.field(factory=list)
     events: list[StoredEvent] = attrs.field(factory=list)
     history: list[StoredHistoryEntry] = attrs.field(factory=list)
+    #: Credentials not yet revoked: (credential_id, job_id, state, data).
+    credentials: list[tuple[str, str, str, dict[str, Any]]] = attrs.field(factory=list)
 
 
 class Store(Protocol):
@@ -107,6 +109,12 @@ class Store(Protocol):
     def append_history(self, entry: StoredHistoryEntry) -> None: ...
 
     def trim_history(self, job_id: str, through_index: int) -> None: ...
+
+    def save_credential(
+        self, credential_id: str, job_id: str, state: str, data: dict[str, Any]
+    ) -> None:
+        """The revocation ledger: ``state`` is live, revoking, revoked or failed."""
+        ...
 
     def position(self) -> int:
         """How many writes have been queued so far (pass to ``flush(since=...)``)."""
@@ -163,6 +171,11 @@ class MemoryStore:
         pass
 
     def trim_history(self, job_id: str, through_index: int) -> None:
+        pass
+
+    def save_credential(
+        self, credential_id: str, job_id: str, state: str, data: dict[str, Any]
+    ) -> None:
         pass
 
     def position(self) -> int:

@@ -56,6 +56,13 @@ MIGRATIONS: list[str] = [
         kind TEXT NOT NULL, payload TEXT NOT NULL, PRIMARY KEY (job_id, idx)
     ) WITHOUT ROWID;
     """,
+    # 2: the credential revocation ledger (§9.8.2, §14).
+    """
+    CREATE TABLE credentials (
+        credential_id TEXT PRIMARY KEY, job_id TEXT NOT NULL, state TEXT NOT NULL,
+        data TEXT NOT NULL
+    );
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -74,6 +81,9 @@ _DELETE_SESSION_EVENTS = "DELETE FROM events WHERE session_id = ?"
 _APPEND_EVENT = "INSERT OR REPLACE INTO events (session_id, seq, job_id, frame) VALUES (?, ?, ?, ?)"
 _TRIM_EVENTS = "DELETE FROM events WHERE session_id = ? AND seq <= ?"
 _TRIM_HISTORY = "DELETE FROM history WHERE job_id = ? AND idx <= ?"
+_SAVE_CREDENTIAL = (
+    "INSERT OR REPLACE INTO credentials (credential_id, job_id, state, data) VALUES (?, ?, ?, ?)"
+)
 _APPENDS: frozenset[str]
 _APPEND_HISTORY = (
     "INSERT OR REPLACE INTO history (job_id, idx, frame_id, kind, payload) VALUES (?, ?, ?, ?, ?)"
@@ -153,8 +163,20 @@ class SQLiteStore:
                 "SELECT job_id, idx, frame_id, kind, payload FROM history ORDER BY job_id, idx"
             )
         ]
+        credentials = [
+            (str(c), str(j), str(s), json.loads(d))
+            for c, j, s, d in db.execute(
+                "SELECT credential_id, job_id, state, data FROM credentials"
+                " WHERE state != 'revoked'"
+            )
+        ]
         return Recovered(
-            jobs=jobs, idempotency=keys, sessions=sessions, events=events, history=history
+            jobs=jobs,
+            idempotency=keys,
+            sessions=sessions,
+            events=events,
+            history=history,
+            credentials=credentials,
         )
 
     async def load(self) -> Recovered:
@@ -215,6 +237,11 @@ class SQLiteStore:
             _APPEND_HISTORY,
             (entry.job_id, entry.index, entry.frame_id, entry.kind, entry.payload_json),
         )
+
+    def save_credential(
+        self, credential_id: str, job_id: str, state: str, data: dict[str, Any]
+    ) -> None:
+        self._enqueue(_SAVE_CREDENTIAL, (credential_id, job_id, state, json.dumps(data)))
 
     def trim_history(self, job_id: str, through_index: int) -> None:
         self._enqueue(_TRIM_HISTORY, (job_id, through_index))
