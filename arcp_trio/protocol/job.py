@@ -34,7 +34,7 @@ from ..wire.messages import MessageType
 from .session import Dialect
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from datetime import datetime
 
     from .leases import Budget, Lease
@@ -241,6 +241,8 @@ class JobTable:
 
     def __init__(self) -> None:
         self._jobs: dict[str, JobRecord] = {}
+        #: Every job in ordinal order (for listings under a widening policy).
+        self._ordered: list[JobRecord] = []
         self._by_principal: dict[str, list[JobRecord]] = {}
         self._idempotency: dict[tuple[str, str], _IdempotencyRecord] = {}
         self._next_ordinal = 1
@@ -277,9 +279,9 @@ class JobTable:
     def remove(self, job: JobRecord) -> None:
         """Forget a job and its idempotency record (retention, or a failed write)."""
         self._jobs.pop(job.job_id, None)
-        jobs = self._by_principal.get(job.principal, [])
-        if job in jobs:
-            jobs.remove(job)
+        for jobs in (self._by_principal.get(job.principal, []), self._ordered):
+            if job in jobs:
+                jobs.remove(job)
         if job.idempotency_key is not None:
             record = self._idempotency.get((job.principal, job.idempotency_key))
             if record is not None and record.job_id == job.job_id:
@@ -292,12 +294,14 @@ class JobTable:
         """Re-register a persisted job, keeping its ordinal (and ordering)."""
         self._jobs[job.job_id] = job
         self._by_principal.setdefault(job.principal, []).append(job)
+        self._ordered.append(job)
         self._next_ordinal = max(self._next_ordinal, job.ordinal + 1)
 
     def add(self, job: JobRecord, *, fingerprint_: str | None = None) -> None:
         """Register a job (and its idempotency record) atomically."""
         self._jobs[job.job_id] = job
         self._by_principal.setdefault(job.principal, []).append(job)
+        self._ordered.append(job)
         if job.idempotency_key is not None and fingerprint_ is not None:
             self._idempotency[(job.principal, job.idempotency_key)] = _IdempotencyRecord(
                 fingerprint_, job.job_id
@@ -312,11 +316,14 @@ class JobTable:
         created_after: datetime | None,
         limit: int,
         cursor: str | None,
+        visible: Callable[[JobRecord], bool] | None = None,
     ) -> tuple[list[JobRecord], str | None]:
         """§6.6 listing: the principal's jobs in submission order, keyset-paginated.
 
         The cursor is the ordinal of the last job of the previous page, so pages stay
-        stable while new jobs arrive.
+        stable while new jobs arrive. ``visible`` widens the scope to every job it
+        accepts (a deployment policy, §6.6 "MAY include jobs from other principals");
+        without it only ``principal``'s own jobs are listed.
 
         Raises:
             InvalidRequest: an unparseable cursor or unknown status.
@@ -330,10 +337,12 @@ class JobTable:
             if not cursor.isdigit():
                 raise InvalidRequest(f"invalid cursor {cursor!r}")
             after = int(cursor)
-        jobs = self._by_principal.get(principal, [])
+        jobs = self._by_principal.get(principal, []) if visible is None else self._ordered
         start = bisect.bisect_right(jobs, after, key=lambda job: job.ordinal)
         page: list[JobRecord] = []
         for job in jobs[start:]:
+            if visible is not None and not visible(job):
+                continue
             if statuses is not None and job.status not in statuses:
                 continue
             if agent is not None and job.agent != agent and job.agent_name != agent:

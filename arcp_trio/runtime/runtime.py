@@ -622,6 +622,11 @@ class Runtime:
             created_after=created_after,
             limit=request.limit or 100,
             cursor=request.cursor,
+            visible=(
+                None
+                if self._observe_policy is same_principal
+                else lambda job: self._observe_policy(session.principal, job)
+            ),
         )
         summaries = [
             JobSummary(

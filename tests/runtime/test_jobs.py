@@ -740,3 +740,32 @@ async def test_ack_is_ignored_unless_negotiated(
     state = runtime.session(peer.session_id)  # type: ignore[arg-type]
     assert state is not None
     assert len(state.buffer) == 2
+
+
+async def test_one_policy_hook_widens_listing_and_subscribe_but_never_cancel(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    """§6.6/§14: a deployment policy may let an auditor observe others' jobs; it
+    never confers cancel authority (§7.6)."""
+
+    def auditors_see_all(principal: str, job: Any) -> bool:
+        return principal in ("bob", job.principal)
+
+    async with open_runtime(
+        agents=_registry(),
+        tokens=TOKENS,
+        wall_clock=trio_wall_clock,
+        observe_policy=auditors_see_all,
+    ) as rt:
+        alice = await session(rt, nursery)
+        job_id = (await alice.submit("slow", {"seconds": 5}))["job_id"]
+        bob = await session(rt, nursery, token="tok-bob")
+        await bob.send("session.list_jobs", {})
+        listing = await bob.recv_type("session.jobs")
+        assert [j["job_id"] for j in listing["payload"]["jobs"]] == [job_id]
+        await bob.send("job.subscribe", {"job_id": job_id})
+        assert (await bob.recv_type("job.subscribed"))["payload"]["job_id"] == job_id
+        await bob.send("job.cancel", {"reason": "no"}, job_id=job_id)
+        assert (await bob.recv_type("session.error"))["payload"]["code"] == "PERMISSION_DENIED"
+        terminal = await bob.recv_type("job.result")
+        assert terminal["payload"]["result"] == {"slept": 5}
