@@ -1,7 +1,8 @@
 """DESIGN.md's layer arrows point one way; this keeps them so.
 
 wire ← protocol ← runtime/client; wire ← transport ← runtime/client; store is used
-by runtime; nothing imports cli or testing. Checked on the AST of every module.
+by runtime; conformance uses wire/protocol/transport/client, never runtime; nothing
+imports cli or testing. Checked on the AST of every module.
 """
 
 from __future__ import annotations
@@ -32,7 +33,10 @@ ALLOWED: dict[str, set[str]] = {
         "demo_agents",
     },
     "demo_agents": {"runtime", "wire", "demo_agents"},
+    # The conformance checker speaks raw frames: never the runtime it checks.
+    "conformance": {"wire", "protocol", "transport", "client", "conformance"},
     "cli": {
+        "conformance",
         "wire",
         "protocol",
         "transport",
