@@ -769,3 +769,32 @@ async def test_one_policy_hook_widens_listing_and_subscribe_but_never_cancel(
         assert (await bob.recv_type("session.error"))["payload"]["code"] == "PERMISSION_DENIED"
         terminal = await bob.recv_type("job.result")
         assert terminal["payload"]["result"] == {"slept": 5}
+
+
+async def test_subscribe_while_the_emitter_waits_on_back_pressure_is_exactly_once(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    """Regression (found by the benchmarks): an event whose emitter was blocked on a
+    congested connection when a subscriber joined was recorded after the history
+    snapshot but routed to the watchers of before: the subscriber missed it."""
+    from arcp_trio.transport.memory import memory_transport_pair
+
+    config = RuntimeConfig(backpressure_high_water=4, heartbeat_interval_sec=1000)
+    async with open_runtime(
+        agents=_registry(), tokens=TOKENS, config=config, wall_clock=trio_wall_clock
+    ) as rt:
+        client_side, runtime_side = memory_transport_pair(buffer=0)
+        nursery.start_soon(rt.handle_transport, runtime_side)
+        owner = Peer(client_side)
+        await owner.hello()
+        accepted = await owner.submit("chatty", {"n": 60})
+        await trio.sleep(1)  # the owner reads nothing: the agent is now blocked
+        assert rt.jobs.get(accepted["job_id"]).status == "running"  # type: ignore[union-attr]
+        watcher = await session(rt, nursery)
+        await watcher.send("job.subscribe", {"job_id": accepted["job_id"], "history": True})
+        await watcher.recv_type("job.subscribed")
+        owner_frames = await owner.recv_terminal(accepted["job_id"])
+        frames = await watcher.recv_terminal(accepted["job_id"])
+        lines = [f["payload"]["body"]["message"] for f in frames if f["type"] == "job.event"]
+        assert lines == [f"line {i}" for i in range(60)]
+        assert len([f for f in owner_frames if f["type"] == "job.event"]) == 60
