@@ -34,3 +34,19 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "format", "--check", "arcp_trio", "tests", "noxfile.py")
     session.run("mypy")
     session.run("python", "-m", "pytest", "-q", "tests/test_layers.py")
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """arcp_trio vs the reference runtime, same workloads; ``-- --quick`` for a smoke run."""
+    # The reference runtime (agentruntimecontrolprotocol) comes with the test extras; it
+    # is a benchmark and test dependency only, never a runtime one.
+    session.install("-e", ".[test]", "websockets")
+    session.run("python", "-m", "benchmarks.run", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """Build docs/ into docs/_build/html with Sphinx; any warning fails the build."""
+    session.install("-e", ".[docs]")
+    session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")

@@ -1,0 +1,1 @@
+"""Benchmarks for arcp_trio against the reference runtime (see README.md)."""

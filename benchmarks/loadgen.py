@@ -1,0 +1,650 @@
+"""ARCP load generator: raw ARCP JSON over WebSocket, so it measures any runtime.
+
+Run one workload against a runtime that is already listening and print one JSON
+object (the measurements) on stdout::
+
+    python -m benchmarks.loadgen throughput --url ws://127.0.0.1:PORT/arcp \
+        --token T --pid RUNTIME_PID [--param n=20000 ...]
+
+``--pid`` names the runtime's process: its CPU time (per-thread ``schedstat``, in
+nanoseconds) and memory (``VmRSS``/``VmHWM`` from ``/proc/PID/status``) are sampled
+around the measured phase. The generator runs in its own process (asyncio and the
+small client in ``wsclient.py``); hot-path frames are classified by a substring scan
+of the envelope's top-level ``"type"`` (both runtimes put it before ``payload``) and
+counted, and only control frames and terminals are parsed as JSON. Counts are then
+checked against the expected number of events and the terminal; a failed check is
+reported in ``checks``, never raised.
+
+Workloads (every parameter has a default, scale with ``--param``):
+
+* ``throughput`` n: one session, one ``chatty`` job of n log events; events/s from
+  sending the submit to the terminal, time to first event, submit→accepted.
+* ``fanout`` sessions, n: that many hello'd sessions each submit ``chatty`` n at
+  once; aggregate events/s and per-session submit→accepted p50/p99.
+* ``idle`` sessions, idle_sec: that many sessions negotiate ``heartbeat`` (start the
+  runtime with ``--heartbeat-sec 5``) and sit idle answering ``session.ping``;
+  RSS growth per session and the runtime's CPU share over the idle period.
+* ``backlog`` n: one session submits ``chatty`` n, reads every event live, drops the
+  TCP connection, then resumes with ``last_event_seq: 0``; events replayed per second
+  (from the resume hello to the replayed terminal).
+* ``echo`` n: n sequential ``echo`` submits on one session, each waited to its
+  terminal; round-trip p50/p99.
+* ``subscribers`` k, n: k sessions subscribe (``history: true``) to one ``chatty`` n
+  job as soon as it is accepted; aggregate delivered events/s to the subscribers.
+"""
+
+# ruff: noqa: ASYNC109
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import resource
+import sys
+import time
+from typing import Any
+
+from .wsclient import WSConnection, connect
+
+FEATURES = ["heartbeat", "ack", "list_jobs", "subscribe"]
+TERMINAL_STATUSES = {"success", "error", "cancelled", "timed_out"}
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_TYPE_KEY = b'"type":"'
+_LOG_KIND = b'"kind":"log"'
+
+
+def ulid() -> str:
+    """A fresh ULID (uppercase Crockford base32, 26 characters)."""
+    value = (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
+    out = []
+    for _ in range(26):
+        out.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return "".join(reversed(out))
+
+
+def envelope(type_: str, payload: dict[str, Any], **fields: Any) -> tuple[str, str]:
+    """(id, compact JSON text) of a client envelope."""
+    env_id = ulid()
+    env: dict[str, Any] = {"arcp": "1.1", "id": env_id, "type": type_}
+    env.update({k: v for k, v in fields.items() if v is not None})
+    env["payload"] = payload
+    return env_id, json.dumps(env, separators=(",", ":"))
+
+
+def frame_type(msg: bytes) -> bytes:
+    i = msg.find(_TYPE_KEY)
+    if i < 0:
+        return b""
+    i += 8
+    return msg[i : msg.find(b'"', i)]
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Nearest-rank percentile (p in 0..100)."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(p / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+class Proc:
+    """CPU and memory of the runtime process, from /proc."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.tick = os.sysconf("SC_CLK_TCK")
+
+    def cpu(self) -> float:
+        """CPU seconds used so far, all threads.
+
+        The sum of each thread's on-CPU nanoseconds (``/proc/PID/task/*/schedstat``),
+        which is exact where ``utime + stime`` (``/proc/PID/stat``, the fallback) is
+        counted in 10 ms ticks.
+        """
+        total, seen = 0, False
+        try:
+            tids = os.listdir(f"/proc/{self.pid}/task")
+        except OSError:
+            tids = []
+        for tid in tids:
+            try:
+                with open(f"/proc/{self.pid}/task/{tid}/schedstat") as f:
+                    total += int(f.read().split()[0])
+                    seen = True
+            except (OSError, ValueError, IndexError):
+                continue
+        if seen:
+            return total / 1e9
+        with open(f"/proc/{self.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / self.tick
+
+    def mem(self) -> dict[str, int]:
+        """VmRSS and VmHWM in KiB."""
+        out = {}
+        with open(f"/proc/{self.pid}/status") as f:
+            for line in f:
+                if line.startswith(("VmRSS:", "VmHWM:")):
+                    key, value = line.split(":", 1)
+                    out[key] = int(value.split()[0])
+        return out
+
+
+def self_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+class Session:
+    """One ARCP session over one WebSocket, counting job events on the hot path.
+
+    Every ``job.event`` of kind ``log`` bumps ``events`` and stamps ``first_event_t``
+    (other kinds bump ``other_events``); every frame stamps ``last_t``; terminals
+    (``job.result``/``job.error``) are parsed and appended to ``terminals``;
+    ``session.ping`` is answered with ``session.pong``; any other frame is parsed and
+    offered to the waiters registered with ``expect``.
+    """
+
+    def __init__(self, conn: WSConnection, token: str) -> None:
+        self.conn = conn
+        self.token = token
+        self.session_id: str | None = None
+        self.resume_token: str | None = None
+        self.events = 0  # job.event frames of kind "log" (what the demo agents emit)
+        self.other_events = 0  # job.event frames of any other kind
+        self.first_event_t: float | None = None
+        self.last_t = 0.0
+        self.terminals: list[dict[str, Any]] = []
+        self.terminal_t: float | None = None
+        self.pings = 0
+        self.errors: list[dict[str, Any]] = []
+        self._terminal_target = 0
+        self._terminal_fut: asyncio.Future[None] | None = None
+        self._waiters: list[tuple[Any, asyncio.Future[dict[str, Any]]]] = []
+        self._event_target = 0
+        self._event_fut: asyncio.Future[None] | None = None
+        conn.on_message = self._on_message
+        conn.closed.add_done_callback(self._on_closed)
+
+    @classmethod
+    async def open(cls, url: str, token: str) -> Session:
+        return cls(await connect(url), token)
+
+    # -- receive ----------------------------------------------------------------------
+    def _on_message(self, msg: bytes) -> None:
+        now = time.perf_counter()
+        self.last_t = now
+        kind = frame_type(msg)
+        if kind == b"job.event":
+            if _LOG_KIND not in msg:
+                # Not one of the agent's log events: e.g. a runtime's own status notice.
+                self.other_events += 1
+                return
+            self.events += 1
+            if self.first_event_t is None:
+                self.first_event_t = now
+            fut = self._event_fut
+            if fut is not None and self.events >= self._event_target and not fut.done():
+                fut.set_result(None)
+            return
+        env = json.loads(msg)
+        if kind == b"job.result" or kind == b"job.error":
+            self.terminals.append(env)
+            self.terminal_t = now
+            fut = self._terminal_fut
+            if fut is not None and len(self.terminals) >= self._terminal_target and not fut.done():
+                fut.set_result(None)
+            return
+        if kind == b"session.ping":
+            self.pings += 1
+            nonce = env.get("payload", {}).get("nonce")
+            _, text = envelope(
+                "session.pong",
+                {"ping_nonce": nonce, "received_at": _now_iso()},
+                session_id=self.session_id,
+            )
+            if not self.conn.closed.done():
+                self.conn.send(text)
+            return
+        if kind == b"session.error":
+            self.errors.append(env)
+        env["_t"] = now
+        for i, (pred, fut) in enumerate(self._waiters):
+            if not fut.done() and pred(env):
+                del self._waiters[i]
+                fut.set_result(env)
+                return
+
+    def _on_closed(self, _: Any) -> None:
+        for _, fut in self._waiters:
+            if not fut.done():
+                fut.set_exception(ConnectionError("connection closed"))
+        self._waiters.clear()
+        for fut in (self._terminal_fut, self._event_fut):
+            if fut is not None and not fut.done():
+                fut.set_exception(ConnectionError("connection closed"))
+
+    def expect(self, pred: Any) -> asyncio.Future[dict[str, Any]]:
+        """A future for the next non-hot frame matching ``pred`` (or a session.error)."""
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+
+        def match(env: dict[str, Any]) -> bool:
+            return env.get("type") == "session.error" or pred(env)
+
+        self._waiters.append((match, fut))
+        return fut
+
+    async def wait_terminals(self, count: int, timeout: float) -> None:
+        if len(self.terminals) >= count:
+            return
+        self._terminal_target = count
+        self._terminal_fut = asyncio.get_running_loop().create_future()
+        await asyncio.wait_for(self._terminal_fut, timeout)
+
+    async def wait_events(self, count: int, timeout: float) -> None:
+        if self.events >= count:
+            return
+        self._event_target = count
+        self._event_fut = asyncio.get_running_loop().create_future()
+        await asyncio.wait_for(self._event_fut, timeout)
+
+    # -- requests ---------------------------------------------------------------------
+    async def hello(
+        self, *, resume: dict[str, Any] | None = None, timeout: float = 20.0
+    ) -> dict[str, Any]:
+        payload: dict[str, Any] = {
+            "client": {"name": "arcp-bench", "version": "1"},
+            "auth": {"scheme": "bearer", "token": self.token},
+            "capabilities": {"encodings": ["json"], "features": FEATURES},
+        }
+        if resume is not None:
+            payload["resume"] = resume
+        fut = self.expect(lambda e: e.get("type") == "session.welcome")
+        self.conn.send(envelope("session.hello", payload)[1])
+        env = await asyncio.wait_for(fut, timeout)
+        if env["type"] != "session.welcome":
+            raise RuntimeError(f"hello refused: {env.get('payload')}")
+        self.session_id = env["payload"]["session_id"]
+        self.resume_token = env["payload"]["resume_token"]
+        return env
+
+    def submit(self, agent: str, input_: Any) -> tuple[float, asyncio.Future[dict[str, Any]]]:
+        """Send a submit; (send time, future of its job.accepted)."""
+        env_id, text = envelope(
+            "job.submit", {"agent": agent, "input": input_}, session_id=self.session_id
+        )
+        fut = self.expect(
+            lambda e: (
+                e.get("type") == "job.accepted" and e.get("payload", {}).get("request_id") == env_id
+            )
+        )
+        t = time.perf_counter()
+        self.conn.send(text)
+        return t, fut
+
+    def close(self) -> None:
+        self.conn.abort()
+
+
+def _now_iso() -> str:
+    t = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e6):06d}Z"
+
+
+async def open_sessions(url: str, token: str, count: int, parallel: int = 50) -> list[Session]:
+    sem = asyncio.Semaphore(parallel)
+
+    async def one() -> Session:
+        async with sem:
+            s = await Session.open(url, token)
+            await s.hello()
+            return s
+
+    return list(await asyncio.gather(*(one() for _ in range(count))))
+
+
+async def warm_up(url: str, token: str) -> None:
+    """One echo job on a throwaway session: imports and first-use caches, not timed."""
+    s = await Session.open(url, token)
+    await s.hello()
+    _, acc = s.submit("echo", {"warm": True})
+    await asyncio.wait_for(acc, 10)
+    await s.wait_terminals(1, 10)
+    s.close()
+    await asyncio.sleep(0.05)
+
+
+def _terminal_check(s: Session, n_events: int) -> dict[str, Any]:
+    term = s.terminals[-1] if s.terminals else {}
+    seq = term.get("event_seq")
+    return {
+        "events": s.events,
+        "events_expected": n_events,
+        "other_events": s.other_events,
+        "terminal": term.get("type"),
+        "final_status": term.get("payload", {}).get("final_status"),
+        "terminal_seq": seq,
+        "ok": s.events == n_events
+        and term.get("type") == "job.result"
+        and term.get("payload", {}).get("final_status") == "success",
+    }
+
+
+# -- workloads ------------------------------------------------------------------------
+
+
+async def wl_throughput(url: str, token: str, proc: Proc, n: int = 20000) -> dict[str, Any]:
+    await warm_up(url, token)
+    s = await Session.open(url, token)
+    await s.hello()
+    cpu0, me0 = proc.cpu(), self_cpu()
+    t0, acc = s.submit("chatty", {"n": n, "kind": "log"})
+    accepted = await asyncio.wait_for(acc, 30)
+    await s.wait_terminals(1, timeout=max(60.0, n / 1000))
+    t1 = s.terminal_t or time.perf_counter()
+    cpu1, me1 = proc.cpu(), self_cpu()
+    s.close()
+    wall = t1 - t0
+    return {
+        "metrics": {
+            "events_per_s": s.events / wall,
+            "first_event_ms": ((s.first_event_t or t1) - t0) * 1000,
+            "accepted_ms": (accepted["_t"] - t0) * 1000,
+            "cpu_us_per_event": (cpu1 - cpu0) / max(1, s.events) * 1e6,
+        },
+        "wall_s": wall,
+        "runtime_cpu_s": cpu1 - cpu0,
+        "loadgen_cpu_frac": (me1 - me0) / wall,
+        "events": s.events,
+        "checks": _terminal_check(s, n),
+    }
+
+
+async def wl_fanout(
+    url: str, token: str, proc: Proc, sessions: int = 200, n: int = 100
+) -> dict[str, Any]:
+    await warm_up(url, token)
+    ss = await open_sessions(url, token, sessions)
+    await asyncio.sleep(0.2)
+    cpu0, me0 = proc.cpu(), self_cpu()
+    sent = [s.submit("chatty", {"n": n, "kind": "log"}) for s in ss]
+    t0 = sent[0][0]
+    accepted = await asyncio.wait_for(asyncio.gather(*(f for _, f in sent)), 60)
+    lat = [(a["_t"] - t) * 1000 for (t, _), a in zip(sent, accepted, strict=True)]
+    await asyncio.wait_for(asyncio.gather(*(s.wait_terminals(1, 120) for s in ss)), 130)
+    t1 = max(s.terminal_t or 0.0 for s in ss)
+    cpu1, me1 = proc.cpu(), self_cpu()
+    total = sum(s.events for s in ss)
+    for s in ss:
+        s.close()
+    wall = t1 - t0
+    bad = [c for c in (_terminal_check(s, n) for s in ss) if not c["ok"]]
+    return {
+        "metrics": {
+            "events_per_s": total / wall,
+            "accepted_p50_ms": percentile(lat, 50),
+            "accepted_p99_ms": percentile(lat, 99),
+            "cpu_us_per_event": (cpu1 - cpu0) / max(1, total) * 1e6,
+        },
+        "wall_s": wall,
+        "runtime_cpu_s": cpu1 - cpu0,
+        "loadgen_cpu_frac": (me1 - me0) / wall,
+        "events": total,
+        "checks": {
+            "ok": not bad,
+            "sessions": sessions,
+            "bad_sessions": len(bad),
+            "first_bad": bad[0] if bad else None,
+        },
+    }
+
+
+async def wl_idle(
+    url: str, token: str, proc: Proc, sessions: int = 1000, idle_sec: float = 15.0
+) -> dict[str, Any]:
+    await warm_up(url, token)
+    await asyncio.sleep(0.5)
+    rss0 = proc.mem()["VmRSS"]
+    ss = await open_sessions(url, token, sessions)
+    await asyncio.sleep(1.0)
+    rss1 = proc.mem()["VmRSS"]
+    cpu0, me0 = proc.cpu(), self_cpu()
+    t0 = time.perf_counter()
+    await asyncio.sleep(idle_sec)
+    wall = time.perf_counter() - t0
+    cpu1, me1 = proc.cpu(), self_cpu()
+    rss2 = proc.mem()["VmRSS"]
+    alive = sum(1 for s in ss if not s.conn.closed.done())
+    pings = sum(s.pings for s in ss)
+    for s in ss:
+        s.close()
+    return {
+        "metrics": {
+            "rss_kib_per_session": (max(rss1, rss2) - rss0) / sessions,
+            "idle_cpu_pct": (cpu1 - cpu0) / wall * 100,
+        },
+        "wall_s": wall,
+        "runtime_cpu_s": cpu1 - cpu0,
+        "loadgen_cpu_frac": (me1 - me0) / wall,
+        "rss_kib": {"before": rss0, "connected": rss1, "after_idle": rss2},
+        "checks": {
+            "ok": alive == sessions and pings > 0,
+            "alive": alive,
+            "sessions": sessions,
+            "pings": pings,
+        },
+    }
+
+
+async def wl_backlog(url: str, token: str, proc: Proc, n: int = 20000) -> dict[str, Any]:
+    await warm_up(url, token)
+    s = await Session.open(url, token)
+    await s.hello()
+    _, acc = s.submit("chatty", {"n": n, "kind": "log"})
+    await asyncio.wait_for(acc, 30)
+    await s.wait_terminals(1, timeout=max(60.0, n / 500))
+    live = _terminal_check(s, n)
+    resume = {
+        "session_id": s.session_id,
+        "resume_token": s.resume_token,
+        "last_event_seq": 0,
+    }
+    s.close()  # TCP abort, no bye
+    deadline = time.perf_counter() + 5.0
+    attempts = 0
+    while True:
+        attempts += 1
+        await asyncio.sleep(0.05)
+        r = await Session.open(url, token)
+        cpu0, me0 = proc.cpu(), self_cpu()
+        t0 = time.perf_counter()
+        try:
+            await r.hello(resume=resume)
+            break
+        except (RuntimeError, ConnectionError):
+            r.close()
+            if time.perf_counter() > deadline:
+                raise
+    await r.wait_terminals(1, timeout=max(60.0, n / 500))
+    t1 = r.terminal_t or time.perf_counter()
+    cpu1, me1 = proc.cpu(), self_cpu()
+    r.close()
+    wall = t1 - t0
+    replayed = r.events + len(r.terminals)
+    return {
+        "metrics": {
+            "replay_events_per_s": replayed / wall,
+            "cpu_us_per_event": (cpu1 - cpu0) / max(1, replayed) * 1e6,
+        },
+        "wall_s": wall,
+        "runtime_cpu_s": cpu1 - cpu0,
+        "loadgen_cpu_frac": (me1 - me0) / wall,
+        "events": replayed,
+        "checks": {**_terminal_check(r, n), "live": live, "resume_attempts": attempts},
+    }
+
+
+async def wl_echo(url: str, token: str, proc: Proc, n: int = 500) -> dict[str, Any]:
+    await warm_up(url, token)
+    s = await Session.open(url, token)
+    await s.hello()
+    lat = []
+    cpu0, me0 = proc.cpu(), self_cpu()
+    t_start = time.perf_counter()
+    for i in range(n):
+        t0, acc = s.submit("echo", {"i": i})
+        await asyncio.wait_for(acc, 10)
+        await s.wait_terminals(i + 1, 10)
+        lat.append(((s.terminal_t or time.perf_counter()) - t0) * 1000)
+    wall = time.perf_counter() - t_start
+    cpu1, me1 = proc.cpu(), self_cpu()
+    s.close()
+    ok = s.events == n and all(
+        t.get("payload", {}).get("final_status") == "success" for t in s.terminals
+    )
+    return {
+        "metrics": {
+            "rtt_p50_ms": percentile(lat, 50),
+            "rtt_p99_ms": percentile(lat, 99),
+            "cpu_us_per_job": (cpu1 - cpu0) / n * 1e6,
+        },
+        "wall_s": wall,
+        "runtime_cpu_s": cpu1 - cpu0,
+        "loadgen_cpu_frac": (me1 - me0) / wall,
+        "checks": {"ok": ok, "jobs": n, "events": s.events, "terminals": len(s.terminals)},
+    }
+
+
+async def wl_subscribers(
+    url: str, token: str, proc: Proc, k: int = 10, n: int = 2000
+) -> dict[str, Any]:
+    await warm_up(url, token)
+    sub = await Session.open(url, token)
+    await sub.hello()
+    watchers = await open_sessions(url, token, k)
+    await asyncio.sleep(0.2)
+    cpu0, me0 = proc.cpu(), self_cpu()
+    t0, acc = sub.submit("chatty", {"n": n, "kind": "log"})
+    accepted = await asyncio.wait_for(acc, 30)
+    job_id = accepted["payload"]["job_id"]
+    subscribed = []
+    for w in watchers:
+        env_id, text = envelope(
+            "job.subscribe",
+            {"job_id": job_id, "history": True, "from_event_seq": 0},
+            session_id=w.session_id,
+            job_id=job_id,
+        )
+        subscribed.append(
+            w.expect(
+                lambda e, i=env_id: (
+                    e.get("type") == "job.subscribed"
+                    and e.get("payload", {}).get("request_id") == i
+                )
+            )
+        )
+        w.conn.send(text)
+    await asyncio.wait_for(asyncio.gather(*subscribed), 60)
+
+    async def finish(w: Session) -> None:
+        # Done at the terminal; a subscriber that attached after the end and got no
+        # terminal (the reference's history can miss it) is done after 1 s of quiet.
+        while not w.terminals:
+            before = w.events
+            try:
+                await w.wait_terminals(1, 1.0)
+            except TimeoutError:
+                if w.events == before:
+                    return
+
+    await asyncio.wait_for(sub.wait_terminals(1, 120), 130)
+    await asyncio.wait_for(asyncio.gather(*(finish(w) for w in watchers)), 300)
+    t1 = max(max(w.last_t for w in watchers), sub.terminal_t or 0.0)
+    cpu1, me1 = proc.cpu(), self_cpu()
+    delivered = sum(w.events for w in watchers)
+    for w in [sub, *watchers]:
+        w.close()
+    wall = t1 - t0
+    complete = sum(1 for w in watchers if w.events >= n and w.terminals)
+    return {
+        "metrics": {
+            "delivered_events_per_s": delivered / wall,
+            "cpu_us_per_event": (cpu1 - cpu0) / max(1, delivered + sub.events) * 1e6,
+        },
+        "wall_s": wall,
+        "runtime_cpu_s": cpu1 - cpu0,
+        "loadgen_cpu_frac": (me1 - me0) / wall,
+        "events": delivered,
+        "checks": {
+            "ok": complete == k and sub.events == n,
+            "subscribers": k,
+            "complete_subscribers": complete,
+            "min_delivered": min(w.events for w in watchers),
+            "submitter_events": sub.events,
+        },
+    }
+
+
+WORKLOADS = {
+    "throughput": wl_throughput,
+    "fanout": wl_fanout,
+    "idle": wl_idle,
+    "backlog": wl_backlog,
+    "echo": wl_echo,
+    "subscribers": wl_subscribers,
+}
+
+
+def _param(text: str) -> tuple[str, float | int]:
+    key, _, value = text.partition("=")
+    number = float(value)
+    return key, int(number) if number.is_integer() else number
+
+
+def _raise_nofile() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("workload", choices=sorted(WORKLOADS))
+    p.add_argument("--url", required=True)
+    p.add_argument("--token", required=True)
+    p.add_argument("--pid", type=int, required=True, help="the runtime's process id")
+    p.add_argument("--param", action="append", type=_param, default=[], metavar="KEY=VALUE")
+    p.add_argument("--timeout", type=float, default=300.0, help="overall time limit")
+    args = p.parse_args(argv)
+    _raise_nofile()
+    proc = Proc(args.pid)
+    fn = WORKLOADS[args.workload]
+    params = dict(args.param)
+    started = time.perf_counter()
+
+    async def run() -> dict[str, Any]:
+        return await asyncio.wait_for(fn(args.url, args.token, proc, **params), args.timeout)
+
+    try:
+        result = asyncio.run(run())
+        result["error"] = None
+    except Exception as exc:  # report, never raise: benchmarks print figures only
+        result = {"metrics": {}, "checks": {"ok": False}, "error": f"{type(exc).__name__}: {exc}"}
+    result["workload"] = args.workload
+    result["params"] = params
+    result["elapsed_s"] = time.perf_counter() - started
+    try:
+        result["runtime_mem_kib"] = proc.mem()
+    except OSError:
+        result["runtime_mem_kib"] = {}
+    json.dump(result, sys.stdout)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

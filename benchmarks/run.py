@@ -1,0 +1,548 @@
+"""Run every workload against arcp_trio and the reference runtime, side by side.
+
+    python -m benchmarks.run            # full run: 5 repetitions, scaling points
+    python -m benchmarks.run --quick    # smoke run: 1 repetition, small sizes
+
+For every (workload, repetition, runtime) a fresh runtime process is started
+(``python -m arcp_trio serve`` or ``tests/interop/ref_server.py``, the same flags),
+one warm-up echo job runs, then the workload (``benchmarks/loadgen.py``, its own
+process) measures it; the runtime is stopped afterwards. Runtimes alternate within a
+repetition so that drift on a shared machine hits both. The ``throughput`` workload
+also runs against ``benchmarks/rawlimit.py``, the coalesced raw limit.
+
+Prints a table of medians and ratios (arcp_trio / reference) with the issue's
+targets, then the scaling points; writes everything to
+``benchmarks/results/latest.json`` and the tables to ``benchmarks/results/latest.md``.
+Nothing is asserted: a failed repetition or a failed count check is reported.
+"""
+
+# ruff: noqa: RUF001
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import resource
+import select
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+TOKEN = "bench-token"
+OURS, REF, RAW = "arcp_trio", "reference", "rawlimit"
+
+RUNTIME_CMDS = {
+    OURS: [sys.executable, "-m", "arcp_trio", "serve", "--log-level", "WARNING"],
+    REF: [
+        sys.executable,
+        str(ROOT / "tests" / "interop" / "ref_server.py"),
+        "--log-level",
+        "WARNING",
+    ],
+    RAW: [sys.executable, "-m", "benchmarks.rawlimit"],
+}
+
+
+@dataclass
+class Workload:
+    name: str
+    full: dict[str, int | float]
+    quick: dict[str, int | float]
+    runtime_args: list[str] = field(default_factory=list)
+    runtimes: tuple[str, ...] = (OURS, REF)
+    timeout: float = 240.0
+
+
+WORKLOADS = [
+    Workload("throughput", {"n": 20000}, {"n": 2000}, runtimes=(OURS, REF, RAW)),
+    Workload("fanout", {"sessions": 200, "n": 100}, {"sessions": 20, "n": 100}),
+    Workload(
+        "idle",
+        {"sessions": 1000, "idle_sec": 15},
+        {"sessions": 100, "idle_sec": 6},
+        runtime_args=["--heartbeat-sec", "5"],
+    ),
+    Workload("backlog", {"n": 20000}, {"n": 2000}),
+    Workload("echo", {"n": 500}, {"n": 100}),
+]
+
+# Scaling points (1x / 10x / 100x), one repetition each, full run only.
+SCALING = [
+    ("events", "throughput", "n", [2000, 20000, 200000], {}),
+    ("sessions", "fanout", "sessions", [2, 20, 200], {"n": 100}),
+    ("subscribers", "subscribers", "k", [1, 10, 100], {"n": 2000}),
+]
+
+# (workload, metric key, label, unit, scale, target kind, target value)
+# target kinds: "ratio>=" / "ratio<=" (arcp_trio / reference), "abs<=" (arcp_trio alone),
+# "raw>=" (arcp_trio / raw limit), None (reported only).
+ROWS: list[tuple[str, str, str, str, float, str | None, float]] = [
+    ("throughput", "events_per_s", "events/s", "", 1, "ratio>=", 3.0),
+    ("throughput", "events_per_s", "events/s vs raw limit", "", 1, "raw>=", 0.30),
+    ("throughput", "first_event_ms", "time to first event", "ms", 1, "abs<=", 10.0),
+    ("throughput", "accepted_ms", "submit→accepted", "ms", 1, None, 0),
+    ("throughput", "cpu_us_per_event", "CPU per event", "µs", 1, None, 0),
+    ("throughput", "peak_rss_mib", "peak RSS", "MiB", 1, None, 0),
+    ("fanout", "events_per_s", "events/s", "", 1, None, 0),
+    ("fanout", "accepted_p50_ms", "submit→accepted p50", "ms", 1, None, 0),
+    ("fanout", "accepted_p99_ms", "submit→accepted p99", "ms", 1, "ratio<=", 0.25),
+    ("fanout", "cpu_us_per_event", "CPU per event", "µs", 1, None, 0),
+    ("fanout", "peak_rss_mib", "peak RSS", "MiB", 1, None, 0),
+    ("idle", "rss_kib_per_session", "RSS per session", "KiB", 1, "ratio<=", 0.25),
+    ("idle", "idle_cpu_pct", "idle CPU", "% core", 1, "ratio<=", 0.25),
+    ("idle", "peak_rss_mib", "peak RSS", "MiB", 1, None, 0),
+    ("backlog", "replay_events_per_s", "replayed events/s", "", 1, "ratio>=", 3.0),
+    ("backlog", "cpu_us_per_event", "CPU per replayed event", "µs", 1, None, 0),
+    ("backlog", "peak_rss_mib", "peak RSS", "MiB", 1, None, 0),
+    ("echo", "rtt_p50_ms", "round trip p50", "ms", 1, None, 0),
+    ("echo", "rtt_p99_ms", "round trip p99", "ms", 1, None, 0),
+    ("echo", "cpu_us_per_job", "CPU per job", "µs", 1, None, 0),
+    ("echo", "peak_rss_mib", "peak RSS", "MiB", 1, None, 0),
+]
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+class Runtime:
+    """A runtime subprocess, started on a free port; always stopped on exit."""
+
+    #: Where ``python -m arcp_trio`` is imported from (``--arcp-trio-src``).
+    ours_src: Path = ROOT
+    #: Extra arguments for ``arcp_trio serve`` (``--ours-arg``).
+    ours_args: list[str] = []  # noqa: RUF012
+    #: ``--durable``: a fresh database file per run in this directory.
+    ours_db_dir: Path | None = None
+    #: ``serve`` has ``--memory`` (the reference keeps everything in memory too).
+    ours_has_memory_flag = False
+
+    def __init__(self, name: str, extra: list[str], stderr_path: Path) -> None:
+        self.name = name
+        cmd = [
+            *RUNTIME_CMDS[name],
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--token",
+            f"{TOKEN}=bench",
+            "--max-seconds",
+            "900",
+            *extra,
+        ]
+        if name == OURS:
+            cmd += self.ours_args
+            if self.ours_db_dir is not None:
+                cmd += ["--db", str(self.ours_db_dir / f"bench-{time.monotonic_ns()}.sqlite")]
+            elif self.ours_has_memory_flag:
+                cmd += ["--memory"]
+        self._err = open(stderr_path, "a")  # noqa: SIM115 - closed in stop()
+        self._err.write(f"\n=== {datetime.datetime.now().isoformat()} {' '.join(cmd)}\n")
+        self._err.flush()
+        cwd, env = ROOT, None
+        if name == OURS and self.ours_src != ROOT:
+            cwd = self.ours_src
+            env = {**os.environ, "PYTHONPATH": str(self.ours_src)}
+        self.proc = subprocess.Popen(
+            cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=self._err, text=True
+        )
+        self.url = self._wait_ready(30.0)
+
+    def _wait_ready(self, timeout: float) -> str:
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.proc.stdout], [], [], 0.2)
+            if ready:
+                line = self.proc.stdout.readline()
+                if line.startswith("READY "):
+                    return line.split()[1]
+                if not line:
+                    break
+            if self.proc.poll() is not None:
+                break
+        self.stop()
+        raise RuntimeError(f"{self.name} did not print READY (see {self._err.name})")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self._err.close()
+
+
+def run_once(runtime: str, wl: Workload, params: dict[str, Any], logs: Path) -> dict[str, Any]:
+    """One fresh runtime, one loadgen run against it."""
+    started = time.monotonic()
+    try:
+        rt = Runtime(runtime, wl.runtime_args, logs / f"{runtime}.stderr.log")
+    except Exception as exc:
+        return {"metrics": {}, "checks": {"ok": False}, "error": f"start: {exc}"}
+    try:
+        cmd = [
+            sys.executable,
+            "-m",
+            "benchmarks.loadgen",
+            wl.name,
+            "--url",
+            rt.url,
+            "--token",
+            TOKEN,
+            "--pid",
+            str(rt.proc.pid),
+            "--timeout",
+            str(wl.timeout),
+        ]
+        for key, value in params.items():
+            cmd += ["--param", f"{key}={value}"]
+        try:
+            out = subprocess.run(
+                cmd, cwd=ROOT, capture_output=True, text=True, timeout=wl.timeout + 30
+            )
+            result = json.loads(out.stdout.strip().splitlines()[-1])
+            if out.returncode != 0:
+                result["error"] = f"loadgen exit {out.returncode}: {out.stderr[-500:]}"
+        except subprocess.TimeoutExpired:
+            result = {"metrics": {}, "checks": {"ok": False}, "error": "loadgen timed out"}
+        except (json.JSONDecodeError, IndexError):
+            result = {
+                "metrics": {},
+                "checks": {"ok": False},
+                "error": f"loadgen output unreadable: {out.stderr[-500:]}",
+            }
+    finally:
+        rt.stop()
+    hwm = result.get("runtime_mem_kib", {}).get("VmHWM")
+    if hwm and result.get("metrics") is not None:
+        result["metrics"]["peak_rss_mib"] = hwm / 1024
+    result["runtime"] = runtime
+    result["total_s"] = time.monotonic() - started
+    return result
+
+
+def summarize(result: dict[str, Any]) -> str:
+    if result.get("error"):
+        return f"ERROR {result['error']}"
+    m = result["metrics"]
+    text = ", ".join(f"{k}={v:.4g}" for k, v in m.items())
+    if not result.get("checks", {}).get("ok"):
+        text += f"  CHECK FAILED {result.get('checks')}"
+    return text
+
+
+def median(runs: list[dict[str, Any]], key: str) -> float | None:
+    values = [r["metrics"][key] for r in runs if key in r.get("metrics", {})]
+    return statistics.median(values) if values else None
+
+
+def fmt(value: float | None) -> str:
+    if value is None:
+        return "—"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def build_table(results: dict[str, dict[str, list[dict[str, Any]]]]) -> tuple[str, list[dict]]:
+    lines = [
+        "| workload | metric | arcp_trio | reference | ratio | target | met? |",
+        "|---|---|---:|---:|---:|---|---|",
+    ]
+    rows = []
+    for wl, key, label, unit, _scale, kind, target in ROWS:
+        if wl not in results:
+            continue
+        per = results[wl]
+        ours = median(per.get(OURS, []), key)
+        ref = median(per.get(REF, []), key)
+        name = f"{label} ({unit})" if unit else label
+        other = ref
+        ratio = ours / ref if ours is not None and ref else None
+        target_text, met = "", None
+        if kind == "raw>=":
+            raw = median(per.get(RAW, []), key)
+            other, ratio = raw, (ours / raw if ours is not None and raw else None)
+            name = f"{label} (raw limit in the reference column)"
+            target_text = f"≥ {target:.0%} of raw"
+            met = ratio is not None and ratio >= target
+        elif kind == "ratio>=":
+            target_text = f"≥ {target:g}× ref"
+            met = ratio is not None and ratio >= target
+        elif kind == "ratio<=":
+            target_text = f"≤ {target:g}× ref"
+            met = ratio is not None and ratio <= target
+        elif kind == "abs<=":
+            target_text = f"≤ {target:g} {unit}"
+            met = ours is not None and ours <= target
+        if kind is None:
+            met_text = "—"
+        elif (ratio is None and kind != "abs<=") or ours is None:
+            met_text = "n/a (failed)"
+        else:
+            met_text = "**yes**" if met else "no"
+        ratio_text = f"{ratio:.2f}×" if ratio is not None else "—"
+        lines.append(
+            f"| {wl} | {name} | {fmt(ours)} | {fmt(other)} | {ratio_text} | "
+            f"{target_text or '—'} | {met_text} |"
+        )
+        rows.append(
+            {
+                "workload": wl,
+                "metric": key,
+                "label": name,
+                "arcp_trio": ours,
+                "reference": other,
+                "ratio": ratio,
+                "target": target_text or None,
+                "met": met,
+            }
+        )
+    return "\n".join(lines), rows
+
+
+def build_scaling(scaling: list[dict[str, Any]]) -> str:
+    lines = [
+        "| dimension | point | workload | arcp_trio events/s | reference events/s | ratio "
+        "| arcp_trio CPU µs/event | reference CPU µs/event | arcp_trio peak RSS MiB "
+        "| reference peak RSS MiB |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for point in scaling:
+        o, r = point[OURS]["metrics"], point[REF]["metrics"]
+        key = "delivered_events_per_s" if point["workload"] == "subscribers" else "events_per_s"
+        ratio = o.get(key) / r[key] if o.get(key) and r.get(key) else None
+        extra = ""
+        if point["workload"] == "fanout":
+            extra = (
+                f" (accepted p99 {fmt(o.get('accepted_p99_ms'))} / "
+                f"{fmt(r.get('accepted_p99_ms'))} ms)"
+            )
+        flag = (
+            ""
+            if point[OURS].get("checks", {}).get("ok") and point[REF].get("checks", {}).get("ok")
+            else " ⚠"
+        )
+        lines.append(
+            f"| {point['dimension']} | {point['value']:,} | {point['workload']}{extra}{flag} "
+            f"| {fmt(o.get(key))} | {fmt(r.get(key))} "
+            f"| {f'{ratio:.2f}×' if ratio else '—'} "
+            f"| {fmt(o.get('cpu_us_per_event'))} | {fmt(r.get('cpu_us_per_event'))} "
+            f"| {fmt(o.get('peak_rss_mib'))} | {fmt(r.get('peak_rss_mib'))} |"
+        )
+    return "\n".join(lines)
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    versions = {}
+    for dist in ("arcp-trio", "agentruntimecontrolprotocol", "trio", "wsproto", "websockets"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[dist] = importlib.metadata.version(dist)
+    git = ["git", "-C", str(ROOT)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(
+        [*git, "status", "--porcelain", "--", "arcp_trio"], capture_output=True, text=True
+    )
+    return {
+        "git_head": head.stdout.strip() or None,
+        "arcp_trio_tree_dirty": bool(dirty.stdout.strip()),
+        "arcp_trio_src": str(Runtime.ours_src),
+        "nproc": os.cpu_count(),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "loadavg_at_start": os.getloadavg(),
+        "versions": versions,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="arcp_trio vs the reference runtime")
+    p.add_argument("--quick", action="store_true", help="1 repetition, small sizes")
+    p.add_argument("--reps", type=int, default=None, help="repetitions (default 5, quick 1)")
+    p.add_argument("--only", action="append", default=[], help="run only these workloads")
+    p.add_argument("--no-scaling", action="store_true", help="skip the 1x/10x/100x points")
+    p.add_argument("--out", type=Path, default=RESULTS / "latest.json")
+    p.add_argument(
+        "--ours-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra argument for `arcp_trio serve` (repeatable)",
+    )
+    p.add_argument(
+        "--durable",
+        action="store_true",
+        help="run arcp_trio on a fresh SQLite database per run (`serve --db`) instead of "
+        "its in-memory store",
+    )
+    p.add_argument(
+        "--arcp-trio-src",
+        type=Path,
+        default=None,
+        help="import arcp_trio from this directory (e.g. an exported commit) instead of "
+        "the work tree",
+    )
+    args = p.parse_args(argv)
+    if args.arcp_trio_src is not None:
+        Runtime.ours_src = args.arcp_trio_src.resolve()
+    Runtime.ours_args = list(args.ours_arg)
+    serve_help = subprocess.run(
+        [*RUNTIME_CMDS[OURS], "--help"],
+        cwd=Runtime.ours_src,
+        env={**os.environ, "PYTHONPATH": str(Runtime.ours_src)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    # Like for like: the reference runtime keeps everything in memory, so arcp_trio runs
+    # with its in-memory store when it has one; --durable measures the SQLite store
+    # instead (a fresh database per run, removed at the end).
+    Runtime.ours_has_memory_flag = "--memory" in serve_help
+    db_dir = None
+    if args.durable:
+        db_dir = tempfile.TemporaryDirectory(prefix="arcp-bench-")
+        Runtime.ours_db_dir = Path(db_dir.name)
+    reps = args.reps or (1 if args.quick else 5)
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:  # runtimes inherit it: 1,000 idle sessions need the descriptors
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    logs = RESULTS / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    for name in RUNTIME_CMDS:
+        (logs / f"{name}.stderr.log").write_text("")
+
+    started = time.monotonic()
+    info = machine()
+    log(
+        f"machine: {info['nproc']} × {info['cpu_model']}, Python {info['python']}; "
+        f"{'quick' if args.quick else 'full'} run, {reps} repetition(s)"
+    )
+    results: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    failures: list[str] = []
+    for wl in WORKLOADS:
+        if args.only and wl.name not in args.only:
+            continue
+        params = wl.quick if args.quick else wl.full
+        per: dict[str, list[dict[str, Any]]] = {rt: [] for rt in wl.runtimes}
+        for rep in range(reps):
+            order = list(wl.runtimes) if rep % 2 == 0 else list(reversed(wl.runtimes))
+            for rt in order:
+                res = run_once(rt, wl, params, logs)
+                res["rep"] = rep
+                per[rt].append(res)
+                log(f"  {wl.name:<11} rep {rep + 1}/{reps} {rt:<10} {summarize(res)}")
+                if res.get("error") or not res.get("checks", {}).get("ok"):
+                    failures.append(f"{wl.name} rep {rep + 1} {rt}: {summarize(res)}")
+        results[wl.name] = per
+
+    scaling: list[dict[str, Any]] = []
+    if not args.quick and not args.no_scaling and not args.only:
+        for dimension, wl_name, key, values, fixed in SCALING:
+            wl = next((w for w in WORKLOADS if w.name == wl_name), None) or Workload(
+                wl_name, {}, {}
+            )
+            for value in values:
+                params = {**fixed, key: value}
+                point: dict[str, Any] = {
+                    "dimension": dimension,
+                    "workload": wl_name,
+                    "param": key,
+                    "value": value,
+                    "params": params,
+                }
+                for rt in (OURS, REF):
+                    res = run_once(rt, wl, params, logs)
+                    point[rt] = res
+                    log(f"  scaling {dimension}={value:<7} {rt:<10} {summarize(res)}")
+                    if res.get("error") or not res.get("checks", {}).get("ok"):
+                        failures.append(f"scaling {dimension}={value} {rt}: {summarize(res)}")
+                scaling.append(point)
+
+    table, rows = build_table(results)
+    scaling_table = build_scaling(scaling) if scaling else ""
+    elapsed = time.monotonic() - started
+    if Runtime.ours_src != ROOT:
+        source = str(Runtime.ours_src)
+    else:
+        source = f"the work tree at {info['git_head']}"
+        source += " (uncommitted changes)" if info["arcp_trio_tree_dirty"] else ""
+    header = (
+        f"{'quick' if args.quick else 'full'} run, median of {reps}; "
+        f"{info['nproc']} × {info['cpu_model']}, Python {info['python']}; "
+        f"{elapsed:.0f} s; arcp_trio from {source}"
+    )
+    print()
+    print(header)
+    print()
+    print(table)
+    if scaling_table:
+        print()
+        print("Scaling (one run per point):")
+        print()
+        print(scaling_table)
+    if failures:
+        print()
+        print("Failed runs or checks:")
+        for line in failures:
+            print(f"- {line}")
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        json.dumps(
+            {
+                "when": datetime.datetime.now(datetime.UTC).isoformat(),
+                "mode": "quick" if args.quick else "full",
+                "reps": reps,
+                "elapsed_s": elapsed,
+                "machine": info,
+                "table": rows,
+                "results": results,
+                "scaling": scaling,
+                "failures": failures,
+            },
+            indent=1,
+            default=str,
+        )
+    )
+    md = f"{header}\n\n{table}\n"
+    if scaling_table:
+        md += f"\nScaling (one run per point):\n\n{scaling_table}\n"
+    args.out.with_suffix(".md").write_text(md)
+    log(f"results: {args.out}")
+    if db_dir is not None:
+        db_dir.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
