@@ -718,9 +718,11 @@ class Runtime:
         try:
             if CREDENTIALS_FEATURE in session.features and CREDENTIALS_FEATURE in self.features:
                 await self._issue_credentials(job)
-            # Nothing is acknowledged that was not persisted (a no-op without a store):
-            # the job, its idempotency record and its credentials' ledger entries.
-            await self._store.flush(since=mark)
+            # Nothing is acknowledged that was not persisted: the job, its idempotency
+            # record and its credentials' ledger entries. (Without a durable store
+            # there is nothing to wait for, so the accept costs no scheduler pass.)
+            if self._store.durable:
+                await self._store.flush(since=mark)
         except (StoreError, InternalError):
             self.jobs.remove(job)
             job.watchers.clear()
