@@ -62,6 +62,7 @@ from .conformance import run_conformance as _run_conformance
 from .demo_agents import demo_registry
 from .runtime.agents import AgentRegistry
 from .runtime.config import RuntimeConfig
+from .runtime.credentials import InProcessProvisioner
 from .runtime.runtime import Runtime, open_runtime
 from .runtime.serve import serve_websocket
 from .store import MemoryStore, SQLiteStore, Store, StoreError
@@ -250,6 +251,12 @@ def _build_parser() -> argparse.ArgumentParser:
         help="how long running jobs get to finish at shutdown",
     )
     serve.add_argument("--stdio", action="store_true", help="serve one session on stdin/stdout")
+    serve.add_argument(
+        "--demo-credentials",
+        action="store_true",
+        help="provision per-job demo credentials (§9.8) from an in-process example "
+        "upstream; advertised only with the SQLite ledger (not with --memory)",
+    )
     storage = serve.add_mutually_exclusive_group()
     storage.add_argument(
         "--db",
@@ -558,8 +565,13 @@ async def _serve(args: argparse.Namespace, registry: AgentRegistry) -> None:
         shutdown_grace_sec=args.shutdown_grace_sec,
     )
     store: Store = MemoryStore() if args.memory else SQLiteStore(args.db or _default_db())
+    provisioner = InProcessProvisioner() if args.demo_credentials else None
+    if provisioner is not None and not store.durable:
+        log.warning("--demo-credentials needs the SQLite ledger: not advertised with --memory")
     async with (
-        open_runtime(agents=registry, tokens=tokens, config=config, store=store) as runtime,
+        open_runtime(
+            agents=registry, tokens=tokens, config=config, store=store, provisioner=provisioner
+        ) as runtime,
         trio.open_nursery() as nursery,
     ):
         if args.stdio:

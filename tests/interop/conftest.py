@@ -27,7 +27,7 @@ from typing import IO, TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Mapping
+    from collections.abc import Callable, Iterator, Mapping, Sequence
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent.parent
@@ -103,9 +103,12 @@ def _command(
     heartbeat_sec: int | None,
     resume_window_sec: int | None,
     max_seconds: float,
+    extra: Sequence[str] = (),
 ) -> list[str]:
     if kind == "arcp_trio":
-        cmd = [sys.executable, "-m", "arcp_trio", "serve", "--memory"]
+        cmd = [sys.executable, "-m", "arcp_trio", "serve", *extra]
+        if "--db" not in extra:
+            cmd.append("--memory")
     elif kind == "reference":
         cmd = [sys.executable, str(REF_SERVER)]
     else:
@@ -148,6 +151,7 @@ def serve_runtime(
     resume_window_sec: int | None = RESUME_WINDOW_SEC,
     *,
     max_seconds: float = 600.0,
+    extra: Sequence[str] = (),
 ) -> Iterator[RuntimeProcess]:
     """Start a runtime subprocess, wait for its READY line, yield it, then stop it.
 
@@ -156,7 +160,7 @@ def serve_runtime(
     ``--max-seconds`` as a backstop, so no runtime outlives a crashed test run for long.
     """
     tokens = dict(tokens or TOKENS)
-    cmd = _command(kind, tokens, heartbeat_sec, resume_window_sec, max_seconds)
+    cmd = _command(kind, tokens, heartbeat_sec, resume_window_sec, max_seconds, extra)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     env["PYTHONUNBUFFERED"] = "1"
@@ -306,8 +310,11 @@ def serve_runtime_fixture(
         tokens: Mapping[str, str] | None = None,
         heartbeat_sec: int | None = HEARTBEAT_SEC,
         resume_window_sec: int | None = RESUME_WINDOW_SEC,
+        extra: Sequence[str] = (),
     ) -> contextlib.AbstractContextManager[RuntimeProcess]:
-        return serve_runtime(kind or interop_kind, tokens, heartbeat_sec, resume_window_sec)
+        return serve_runtime(
+            kind or interop_kind, tokens, heartbeat_sec, resume_window_sec, extra=extra
+        )
 
     return factory
 

@@ -58,6 +58,7 @@ from arcp._messages.execution import (
     validate_result_chunk_body,
 )
 from arcp._ulid import new_envelope_id
+from arcp._version import PROVISIONED_CREDENTIAL_FEATURES
 from arcp.client import ARCPClient, JobHandle
 from pydantic import ValidationError
 from websockets.asyncio.client import ClientConnection
@@ -519,6 +520,26 @@ _submit_scenario(
     input={"steps": 5, "cost": 0.4},
     lease_request={"cost.budget": ["USD:1.00"], "tool.call": ["search"]},
 )
+@scenario("credentials", agent="echo", input={"with": "credentials"})
+async def credentials(run: Run) -> None:
+    """The reference client asks for ``provisioned_credentials`` too (as its runtime
+    would advertise with a provisioner) and submits. Out: ``negotiated``, ``accepted``
+    (as the client parsed it), ``outcome``."""
+    client = ARCPClient(
+        client=ClientInfo(name="arcp-interop-ref-driver", version="1.1.3"),
+        token=run.token,
+        handshake_timeout_sec=STEP_TIMEOUT,
+        features=V1_1_FEATURES + PROVISIONED_CREDENTIAL_FEATURES,
+    )
+    run._clients.append(client)
+    await client.connect(await run.transport("main"))
+    run.out["negotiated"] = list(client.negotiated_features)
+    handle, info = await submit(run, client, **_submit_kwargs(run.args))
+    run.out.update(info)
+    if handle is not None:
+        run.out["outcome"] = await outcome(handle, 10.0)
+
+
 _submit_scenario("unknown_agent", agent="no-such-agent", input={})
 _submit_scenario("unknown_version", agent="echo@9.9.9", input={})
 

@@ -288,6 +288,25 @@ def test_heartbeat_loss_then_resume(runtime: Any, run_driver: Driver) -> None:
     assert_resumed_exactly_once(out)
 
 
+def test_credentials_parse_with_the_reference_models(
+    serve_runtime: Any, run_driver: Driver, interop_kind: str, tmp_path: Any
+) -> None:
+    """§9.8: provisioned credentials in job.accepted, in a shape the reference client
+    parses (every frame went through its models), for the submitter."""
+    if interop_kind != "arcp_trio":
+        pytest.skip("the reference demo server has no provisioner")
+    extra = ["--demo-credentials", "--db", str(tmp_path / "ledger.sqlite3")]
+    with serve_runtime(extra=extra) as rt:
+        out = run(run_driver, rt, "credentials")
+    assert "provisioned_credentials" in out["negotiated"]
+    [credential] = out["accepted"]["credentials"]
+    assert credential["scheme"] == "bearer"
+    assert credential["value"].startswith("sk-virt-")
+    assert credential["id"].startswith("cred_")
+    assert out["outcome"]["status"] == "result"
+    assert out["outcome"]["payload"]["final_status"] == "success"
+
+
 def test_resume_window_expired(serve_runtime: Any, run_driver: Driver) -> None:
     with serve_runtime(resume_window_sec=1) as rt:
         out = run(run_driver, rt, "resume_expired", wait=2.2)
