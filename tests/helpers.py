@@ -132,8 +132,13 @@ class Peer:
             self.resume_token = welcome["payload"]["resume_token"]
         return welcome
 
-    async def submit(self, agent: str, input_: Any = None, **payload: Any) -> Frame:
-        request_id = await self.send("job.submit", {"agent": agent, "input": input_, **payload})
+    async def submit(
+        self, agent: str, input_: Any = None, *, trace_id: str | None = None, **payload: Any
+    ) -> Frame:
+        envelope = {} if trace_id is None else {"trace_id": trace_id}
+        request_id = await self.send(
+            "job.submit", {"agent": agent, "input": input_, **payload}, **envelope
+        )
         accepted = await self.recv_type("job.accepted", "session.error")
         assert accepted["payload"].get("request_id") == request_id, accepted
         return accepted

@@ -97,7 +97,7 @@ from .credentials import (
 )
 from .persist import job_from_row, job_to_row, session_to_row
 from .session import Session, hash_token
-from .tools import ToolRegistry
+from .tools import ToolRegistry, current_trace_id
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -1476,7 +1476,11 @@ class Runtime:
             tool = self.tools.get(name)
             if tool is None:
                 raise InvalidRequest(f"no tool named {name!r} is registered")
-            result = await tool(args)
+            reset = current_trace_id.set(job.trace_id)
+            try:
+                result = await tool(args)
+            finally:
+                current_trace_id.reset(reset)
         except ARCPError as exc:
             await self._tool_error(job, call_id, exc)
             raise

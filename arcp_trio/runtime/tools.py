@@ -10,9 +10,15 @@ an agent that never checks anything itself.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any
 
-__all__ = ["Tool", "ToolRegistry"]
+__all__ = ["Tool", "ToolRegistry", "current_trace_id"]
+
+#: §11: "Runtimes MUST forward the trace context to tool servers": while a tool runs,
+#: this holds the calling job's trace id (None when the job has none), so a tool can
+#: pass it on (e.g. as a ``traceparent`` header).
+current_trace_id: ContextVar[str | None] = ContextVar("arcp_trace_id", default=None)
 
 Tool = Callable[[Any], Awaitable[Any]]
 

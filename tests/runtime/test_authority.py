@@ -15,7 +15,7 @@ import trio
 from arcp_trio.demo_agents import demo_registry
 from arcp_trio.runtime.config import RuntimeConfig
 from arcp_trio.runtime.runtime import Runtime, open_runtime
-from arcp_trio.runtime.tools import ToolRegistry
+from arcp_trio.runtime.tools import ToolRegistry, current_trace_id
 from arcp_trio.wire.errors import ARCPError
 from arcp_trio.wire.timestamps import format_timestamp
 from tests.helpers import TOKENS, Peer, connect, trio_wall_clock
@@ -59,6 +59,10 @@ def tools() -> ToolRegistry:
     @registry.tool("search")
     async def search(args: Any) -> Any:
         return {"hits": [args["q"]]}
+
+    @registry.tool("trace")
+    async def trace(_args: Any) -> Any:
+        return current_trace_id.get()
 
     return registry
 
@@ -217,3 +221,19 @@ async def test_budget_counters_in_listings_and_subscribe(
     await other.send("job.subscribe", {"job_id": accepted["job_id"]})
     subscribed = await other.recv_type("job.subscribed")
     assert subscribed["payload"]["budget"] == {"USD": "USD:0.75"}
+
+
+async def test_the_trace_id_reaches_tools(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    """§11: the inbound trace id is carried to the job's tool calls."""
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    frames = await run(
+        nursery,
+        "tooler",
+        {"tools": ["trace"]},
+        lease_request={"tool.call": ["*"]},
+        trace_id=trace,
+    )
+    assert frames[-1]["payload"]["result"] == [trace]
+    assert all(f.get("trace_id") == trace for f in frames if "event_seq" in f)
