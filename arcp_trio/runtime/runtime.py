@@ -95,6 +95,7 @@ from .credentials import (
     CredentialRequest,
     TransientRevocationError,
 )
+from .otel import NoTelemetry, Telemetry
 from .persist import job_from_row, job_to_row, session_to_row
 from .session import Session, hash_token
 from .tools import ToolRegistry, current_trace_id
@@ -169,6 +170,7 @@ class Runtime:
         tools: ToolRegistry,
         store: Store,
         provisioner: CredentialProvisioner | None,
+        telemetry: Telemetry,
         job_nursery: trio.Nursery,
         session_nursery: trio.Nursery,
     ) -> None:
@@ -176,6 +178,7 @@ class Runtime:
         self.tools = tools
         self._store = store
         self._provisioner = provisioner
+        self._telemetry = telemetry
         # §14: "A runtime that cannot guarantee revocation MUST NOT advertise
         # provisioned_credentials": it needs a provisioner and a durable ledger.
         self.features: tuple[str, ...] = ALL_FEATURES + (
@@ -894,6 +897,10 @@ class Runtime:
     # == jobs ====================================================================================
 
     async def _run_job(self, job: JobRecord, function: Agent, input_: Any) -> None:
+        with self._telemetry.job(job):
+            await self._run_job_body(job, function, input_)
+
+    async def _run_job_body(self, job: JobRecord, function: Agent, input_: Any) -> None:
         live = self._live[job.job_id]
         terminal: Terminal | None = None
         try:
@@ -1478,7 +1485,8 @@ class Runtime:
                 raise InvalidRequest(f"no tool named {name!r} is registered")
             reset = current_trace_id.set(job.trace_id)
             try:
-                result = await tool(args)
+                with self._telemetry.tool(job, name):
+                    result = await tool(args)
             finally:
                 current_trace_id.reset(reset)
         except ARCPError as exc:
@@ -1580,6 +1588,7 @@ async def open_runtime(
     tools: ToolRegistry | None = None,
     store: Store | None = None,
     provisioner: CredentialProvisioner | None = None,
+    telemetry: Telemetry | None = None,
 ) -> AsyncIterator[Runtime]:
     """Open a runtime that owns its job nursery; shut it down on exit.
 
@@ -1594,6 +1603,8 @@ async def open_runtime(
         tools: tools agents may call through ``ctx.call_tool`` (§9.3).
         provisioner: issues per-job credentials (§9.8); with a durable store the
             runtime advertises ``provisioned_credentials``.
+        telemetry: span hooks around jobs and tool calls (``runtime.otel.OpenTelemetry``
+            for OpenTelemetry, §11); none by default.
         store: persistence (``SQLiteStore``); default ``MemoryStore``, nothing
             survives the process. A durable store is loaded first: jobs, sessions
             and event buffers come back, and jobs that were running end with a
@@ -1622,6 +1633,7 @@ async def open_runtime(
                     tools=tools or ToolRegistry(),
                     store=store,
                     provisioner=provisioner,
+                    telemetry=telemetry or NoTelemetry(),
                     job_nursery=job_nursery,
                     session_nursery=session_nursery,
                 )
