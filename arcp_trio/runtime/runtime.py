@@ -38,7 +38,7 @@ import trio
 from .._scopes import open_owner_nursery
 from ..protocol.eventlog import BufferedEvent, EventBuffer, OverflowNotice
 from ..protocol.job import HistoryEntry, JobRecord, JobStatus, JobTable, Terminal, fingerprint
-from ..protocol.leases import Budget, child_lease, parse_lease
+from ..protocol.leases import Budget, Lease, check_subset, child_lease, parse_lease
 from ..protocol.session import (
     ALL_FEATURES,
     CREDENTIALS_FEATURE,
@@ -106,7 +106,14 @@ if TYPE_CHECKING:
 
     from .agents import Agent, AgentRegistry
 
-__all__ = ["ObservePolicy", "Runtime", "RuntimeStatistics", "open_runtime", "same_principal"]
+__all__ = [
+    "LeasePolicy",
+    "ObservePolicy",
+    "Runtime",
+    "RuntimeStatistics",
+    "open_runtime",
+    "same_principal",
+]
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +152,10 @@ class _LiveJob:
 #: is "same principal only".
 ObservePolicy = Callable[[str, JobRecord], bool]
 
+#: A deployment's say over what a submit is granted: ``(principal, requested) ->
+#: granted``. The grant must be a subset of the request (§9.4 rules).
+LeasePolicy = Callable[[str, Lease], Lease]
+
 #: Revocation attempts before a credential is reported as unrevocable.
 _REVOKE_ATTEMPTS = 8
 
@@ -171,6 +182,7 @@ class Runtime:
         store: Store,
         provisioner: CredentialProvisioner | None,
         telemetry: Telemetry,
+        lease_policy: LeasePolicy | None,
         job_nursery: trio.Nursery,
         session_nursery: trio.Nursery,
     ) -> None:
@@ -179,6 +191,7 @@ class Runtime:
         self._store = store
         self._provisioner = provisioner
         self._telemetry = telemetry
+        self._lease_policy = lease_policy
         # §14: "A runtime that cannot guarantee revocation MUST NOT advertise
         # provisioned_credentials": it needs a provisioner and a durable ledger.
         self.features: tuple[str, ...] = ALL_FEATURES + (
@@ -681,6 +694,12 @@ class Runtime:
             expires_text = submit.lease_constraints.expires_at
             lease = attrs.evolve(lease, expires_at=self._parse_expiry(expires_text))
             constraints = {"expires_at": expires_text}
+        if self._lease_policy is not None:
+            # The effective lease is what the runtime grants (§7.1): a deployment
+            # policy may narrow the request, never widen it (checked as a §9.4 subset).
+            granted = self._lease_policy(session.principal, lease)
+            check_subset(lease, granted, model_default_allow=True)
+            lease = granted
         budget = (
             Budget.from_patterns(lease.grants["cost.budget"])
             if "cost.budget" in lease.grants
@@ -1589,6 +1608,7 @@ async def open_runtime(
     store: Store | None = None,
     provisioner: CredentialProvisioner | None = None,
     telemetry: Telemetry | None = None,
+    lease_policy: LeasePolicy | None = None,
 ) -> AsyncIterator[Runtime]:
     """Open a runtime that owns its job nursery; shut it down on exit.
 
@@ -1603,6 +1623,8 @@ async def open_runtime(
         tools: tools agents may call through ``ctx.call_tool`` (§9.3).
         provisioner: issues per-job credentials (§9.8); with a durable store the
             runtime advertises ``provisioned_credentials``.
+        lease_policy: ``(principal, requested lease) -> granted lease``; narrows what
+            a submit asks for (a wider grant is refused as a subset violation).
         telemetry: span hooks around jobs and tool calls (``runtime.otel.OpenTelemetry``
             for OpenTelemetry, §11); none by default.
         store: persistence (``SQLiteStore``); default ``MemoryStore``, nothing
@@ -1634,6 +1656,7 @@ async def open_runtime(
                     store=store,
                     provisioner=provisioner,
                     telemetry=telemetry or NoTelemetry(),
+                    lease_policy=lease_policy,
                     job_nursery=job_nursery,
                     session_nursery=session_nursery,
                 )

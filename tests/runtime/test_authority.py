@@ -21,6 +21,7 @@ from arcp_trio.wire.timestamps import format_timestamp
 from tests.helpers import TOKENS, Peer, connect, trio_wall_clock
 
 if TYPE_CHECKING:
+    from arcp_trio.protocol.leases import Lease
     from arcp_trio.runtime.context import JobContext
 
 
@@ -237,3 +238,35 @@ async def test_the_trace_id_reaches_tools(
     )
     assert frames[-1]["payload"]["result"] == [trace]
     assert all(f.get("trace_id") == trace for f in frames if "event_seq" in f)
+
+
+async def test_a_lease_policy_narrows_what_a_submit_is_granted(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    """§7.1: job.accepted echoes the *effective* lease, which a deployment may narrow."""
+    import attrs
+
+    def no_writes(_principal: str, requested: Lease) -> Lease:
+        grants = {ns: p for ns, p in requested.grants.items() if ns != "fs.write"}
+        return attrs.evolve(requested, grants=grants)
+
+    def widen(_principal: str, requested: Lease) -> Lease:
+        return attrs.evolve(requested, grants={**requested.grants, "fs.write": ("/**",)})
+
+    for policy, expected in ((no_writes, "accepted"), (widen, "refused")):
+        async with open_runtime(
+            agents=registry_with_tooler(),
+            tokens=TOKENS,
+            wall_clock=trio_wall_clock,
+            lease_policy=policy,
+            config=RuntimeConfig(heartbeat_interval_sec=1000),
+        ) as runtime:
+            peer, _ = await connect(runtime, nursery)
+            await peer.hello()
+            reply = await peer.submit(
+                "echo", 1, lease_request={"fs.read": ["/data/**"], "fs.write": ["/data/**"]}
+            )
+            if expected == "accepted":
+                assert reply["payload"]["lease"] == {"fs.read": ["/data/**"]}
+            else:
+                assert reply["payload"]["code"] == "LEASE_SUBSET_VIOLATION"
