@@ -114,11 +114,9 @@ class EventBuffer:
     def defer_notice(self, notice: OverflowNotice) -> None:
         """Put a notice back: the caller could not deliver it yet."""
         self._notice_pending = True
+        self._episode_noticed = False
+        self._notice_seq = 0
         self._evicted_since_notice += notice.evicted_count
-
-    def mark_notice(self, seq: int) -> None:
-        """Record which stamped event carries the overflow notice."""
-        self._notice_seq = seq
 
     def take_overflow_notice(self) -> OverflowNotice | None:
         """Once per eviction episode: what was lost since the last notice."""
@@ -128,6 +126,9 @@ class EventBuffer:
         self._notice_pending = False
         self._episode_noticed = True
         self._evicted_since_notice = 0
+        # The caller stamps the notice next: remember its seq now, so the eviction its
+        # own append causes (of the previous notice) cannot re-arm the episode.
+        self._notice_seq = self._last_seq + 1
         return notice
 
     def last(self) -> BufferedEvent | None:

@@ -107,12 +107,14 @@ class HeartbeatMonitor:
         self.last_received = now
 
     def poll(self, now: float) -> HeartbeatAction:
-        quiet = now - self.last_received
+        # Compared with exactly the deadlines ``next_wakeup`` computes (not with
+        # differences, which float rounding can leave a hair short): woken at
+        # ``next_wakeup()``, a poll always acts, so the loop can never spin.
         # §6.4: "no messages (of any kind) ... for two consecutive intervals".
-        if quiet >= 2 * self.interval:
+        if now >= self.last_received + 2 * self.interval:
             return HeartbeatAction.DEAD
         # An idle counterpart gets a ping to answer, once per interval of silence.
-        if quiet >= self.interval and now - self.last_ping_sent >= self.interval:
+        if now >= max(self.last_received, self.last_ping_sent) + self.interval:
             self.last_ping_sent = now
             return HeartbeatAction.SEND_PING
         return HeartbeatAction.NONE

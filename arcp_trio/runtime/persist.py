@@ -104,6 +104,7 @@ def session_to_row(session: Session) -> SessionRow:
         subscribed=sorted(session.subscribed),
         acked_through=session.buffer.acked_through,
         evicted_through=session.buffer.evicted_through,
+        confirmed_token_hash=session.confirmed_token_hash,
     )
 
 

@@ -441,7 +441,14 @@ class Runtime:
             session = self._sessions.get(session_id)
         else:
             wanted = hash_token(token)
-            session = next((s for s in self._sessions.values() if s.token_hash == wanted), None)
+            session = next(
+                (
+                    s
+                    for s in self._sessions.values()
+                    if wanted in (s.token_hash, s.confirmed_token_hash)
+                ),
+                None,
+            )
         if session is None:
             # Unknown and forgotten sessions look the same: the window is over.
             raise ResumeWindowExpired(
@@ -467,6 +474,9 @@ class Runtime:
             raise ResumeWindowExpired("the session's resume window has ended")
         # §6.3: RESUME_WINDOW_EXPIRED "if the buffer no longer covers last_event_seq".
         replay = session.buffer.replay_after(request.last_event_seq)
+        # The client demonstrably holds this token; it stays valid until the client
+        # shows it received the rotated one (a welcome can be lost in transit).
+        session.confirmed_token_hash = hash_token(token)
         if session.connection is not None:
             # The old connection is half-open or slow to notice; the token holder wins.
             session.connection.abort("superseded by a resume")
@@ -561,6 +571,11 @@ class Runtime:
     # == dispatch ================================================================================
 
     async def _dispatch(self, connection: Connection, envelope: Envelope) -> None:
+        session = connection.session
+        if session.confirmed_token_hash != session.token_hash and session.connection is connection:
+            # The client speaks after the welcome: it has the rotated token.
+            session.confirm_token()
+            self._save_session(session)
         handler = self._dispatch_table.get(envelope.type)
         if handler is None:
             raise InvalidRequest(f"{envelope.type} is sent by runtimes, not clients")
@@ -829,8 +844,9 @@ class Runtime:
         if job.session_id != session.session_id:
             # §7.4/§7.6: "Cancellation is reserved for the session that submitted the job."
             raise PermissionDenied("only the session that submitted the job may cancel it")
-        live = self._live[job.job_id]
-        if job.is_terminal or live.ending is not None:
+        live = self._live.get(job.job_id)
+        if job.is_terminal or live is None or live.ending is not None:
+            # Already over (or already ending): nothing to cancel, nothing to say.
             return
         reason = cancel.reason or "cancelled by client"
         live.ending = Terminal(
@@ -1126,7 +1142,6 @@ class Runtime:
             {"kind": "status", "ts": format_timestamp(self._wall_clock()), "body": body}
         )
         self._stamp(session, job, MessageType.JOB_EVENT, new_ulid(), payload_json)
-        session.buffer.mark_notice(session.buffer.last_seq)
 
     # == the JobContext's host interface =========================================================
 
@@ -1325,6 +1340,7 @@ class Runtime:
                 ),
                 window=ResumeWindow(window_sec=self.config.resume_window_sec),
                 token_hash=saved.token_hash,
+                confirmed_token_hash=saved.confirmed_token_hash,
                 client_name=saved.client_name,
                 submitted=set(saved.submitted),
                 subscribed=set(saved.subscribed),

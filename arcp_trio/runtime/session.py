@@ -44,6 +44,10 @@ class Session:
     buffer: EventBuffer
     window: ResumeWindow
     token_hash: str = ""
+    #: The token the client is known to hold. A welcome (and the new token in it) can
+    #: be lost in transit; until the client shows it got it (any frame on that
+    #: connection), a resume with this one is still accepted.
+    confirmed_token_hash: str = ""
     client_name: str = ""
     connection: Connection | None = None
     #: Jobs this session submitted: it alone may cancel them (§7.4, §7.6).
@@ -60,8 +64,18 @@ class Session:
         self.token_hash = hash_token(token)
         return token
 
+    def confirm_token(self) -> None:
+        """The client spoke after the welcome: it holds the current token."""
+        self.confirmed_token_hash = self.token_hash
+
     def token_matches(self, token: str) -> bool:
-        return hmac.compare_digest(hash_token(token), self.token_hash)
+        presented = hash_token(token)
+        current = hmac.compare_digest(presented, self.token_hash)
+        # Compared either way (no early exit), so timing says nothing about which.
+        confirmed = bool(self.confirmed_token_hash) and hmac.compare_digest(
+            presented, self.confirmed_token_hash
+        )
+        return current or confirmed
 
     @property
     def watching(self) -> set[str]:

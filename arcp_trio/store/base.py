@@ -68,6 +68,7 @@ class SessionRow:
     subscribed: list[str]
     acked_through: int
     evicted_through: int
+    confirmed_token_hash: str = ""
 
 
 @attrs.frozen(kw_only=True)

@@ -219,6 +219,7 @@ class SQLiteStore:
             "subscribed": row.subscribed,
             "acked_through": row.acked_through,
             "evicted_through": row.evicted_through,
+            "confirmed_token_hash": row.confirmed_token_hash,
         }
         self._enqueue(_SAVE_SESSION, (row.session_id, json.dumps(data)))
 

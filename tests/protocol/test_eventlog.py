@@ -124,3 +124,27 @@ def test_replay_is_exact_or_refused(program: list[tuple[str, int]], cap: int) ->
             else:
                 assert [e.seq for e in replay] == list(range(arg + 1, buffer.last_seq + 1))
         assert len(buffer) <= cap
+
+
+@given(st.integers(1, 6), st.lists(st.integers(0, 3), max_size=80))
+def test_never_two_overflow_notices_at_once(cap: int, steps: list[int]) -> None:
+    """Regression (fuzzing): stamping a notice evicted the previous one, which re-armed
+    the episode, so the next event got a second notice while the new one was held.
+    Steps: 0 = an ack of all but the newest event, otherwise that many events."""
+    buffer = EventBuffer(max_events=cap)
+    notices: set[int] = set()
+    for step in steps:
+        if step == 0:
+            if buffer.last_seq > 1:
+                buffer.ack(buffer.last_seq - 1)
+            continue
+        for _ in range(step):
+            fill(buffer, 1)
+            notice = buffer.take_overflow_notice()
+            held = {e.seq for e in buffer} & notices
+            if notice is not None:
+                assert not held, "a second notice while one is still held"
+                seq = buffer.next_seq()
+                buffer.append(seq, "job_A", "notice")
+                notices.add(seq)
+            assert len({e.seq for e in buffer} & notices) <= 1

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from arcp_trio.protocol.session import (
     ALL_FEATURES,
     SPEC_SHAPES_FEATURE,
@@ -54,3 +57,21 @@ def test_resume_window() -> None:
     assert window.expired(160)
     window.attach()
     assert not window.expired(1000)
+
+
+@given(
+    st.floats(0.001, 1e6, allow_nan=False, allow_infinity=False),
+    st.floats(0, 1e9, allow_nan=False, allow_infinity=False),
+    st.floats(0, 1e6, allow_nan=False, allow_infinity=False),
+)
+def test_a_poll_at_the_wakeup_always_acts(interval: float, start: float, ping_after: float) -> None:
+    """Regression (fuzzing): with float rounding, poll(next_wakeup()) could return NONE
+    without moving next_wakeup(), and the heartbeat loop spun."""
+    monitor = HeartbeatMonitor(interval=interval, last_received=start)
+    if ping_after:
+        monitor.last_ping_sent = start + ping_after
+    for _ in range(3):
+        wake = monitor.next_wakeup()
+        if monitor.poll(wake) is HeartbeatAction.DEAD:
+            return
+        assert monitor.next_wakeup() > wake

@@ -240,3 +240,30 @@ async def test_a_connection_task_that_raises_disturbs_no_job(
     assert runtime.jobs.get(job_id).status == "running"  # type: ignore[union-attr]
     resumed = await resume_and_collect(runtime, nursery, peer, job_id, peer.last_event_seq)
     assert ticks(frames + resumed, job_id) == list(range(1, 11))
+
+
+async def test_a_lost_welcome_does_not_lose_the_session(
+    runtime: Runtime, nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    """Regression (fuzzing): the token rotates on every welcome, so a welcome lost in
+    transit left the client with a token the runtime no longer accepted. The token the
+    client is known to hold stays valid until it shows it got the new one."""
+    peer, raw, job_id = await start_ticker(runtime, nursery)
+    raw.abort()
+    resume = {"session_id": peer.session_id, "resume_token": peer.resume_token, "last_event_seq": 3}
+    lost, lost_raw = await connect(runtime, nursery)
+    welcome = await lost.hello(resume=resume)
+    assert welcome["type"] == "session.welcome"
+    lost_raw.abort()  # the client never saw this welcome (or its new token)
+    again, _ = await connect(runtime, nursery)
+    again.last_event_seq = 3
+    retry = await again.hello(resume=resume)  # the old token, once more
+    assert retry["type"] == "session.welcome", retry
+    frames = await again.recv_terminal(job_id)
+    assert ticks(frames, job_id) == [4, 5, 6, 7, 8, 9, 10]
+    # Once the client has spoken on a connection, the old token is no longer valid.
+    await again.send("session.ping", {"nonce": "n", "sent_at": "2026-01-01T00:00:00Z"})
+    await again.recv_type("session.pong")
+    stale, _ = await connect(runtime, nursery)
+    refused = await stale.hello(resume=resume)
+    assert refused["payload"]["code"] == "PERMISSION_DENIED"

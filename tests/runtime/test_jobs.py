@@ -798,3 +798,16 @@ async def test_subscribe_while_the_emitter_waits_on_back_pressure_is_exactly_onc
         lines = [f["payload"]["body"]["message"] for f in frames if f["type"] == "job.event"]
         assert lines == [f"line {i}" for i in range(60)]
         assert len([f for f in owner_frames if f["type"] == "job.event"]) == 60
+
+
+async def test_cancelling_a_finished_job_is_a_quiet_no_op(
+    runtime: Runtime, nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    """Regression (fuzzing): the submitter's cancel of a finished job raised KeyError
+    inside the runtime and was answered INTERNAL_ERROR."""
+    peer = await session(runtime, nursery)
+    frames = await run_job(peer, "echo", 1)
+    await peer.send("job.cancel", {"reason": "late"}, job_id=frames[0]["job_id"])
+    await peer.send("session.ping", {"nonce": "after", "sent_at": "2026-01-01T00:00:00Z"})
+    answered = await peer.recv_until(lambda f: f["type"] == "session.pong")
+    assert [f["type"] for f in answered] == ["session.pong"]
