@@ -32,6 +32,7 @@ __all__ = [
     "TransportBroken",
     "TransportClosed",
     "TransportError",
+    "TransportState",
     "utf8_size",
 ]
 
@@ -116,6 +117,36 @@ class Transport(Protocol):
     def description(self) -> str:
         """A short human-readable name of the peer for logs, e.g. ``ws 127.0.0.1:5555``."""
         ...
+
+
+class TransportState:
+    """The closed/broken bookkeeping every transport keeps, and the errors it maps to.
+
+    ``_closed``: *we* called ``aclose``. ``_broken``: why the peer or the network ended
+    it (None while it works). Subclasses set ``_ended`` to what ``TransportBroken`` says
+    when no reason was recorded.
+    """
+
+    _ended = "transport ended"
+
+    def __init__(self, description: str) -> None:
+        self._description = description
+        self._closed = False
+        self._broken: str | None = None
+
+    @property
+    def description(self) -> str:
+        """A short name of the peer for logs (as passed to the constructor)."""
+        return self._description
+
+    def _unusable_error(self) -> TransportError:
+        if self._closed:
+            return TransportClosed(f"{self._description}: transport closed")
+        return TransportBroken(self._broken or f"{self._description}: {self._ended}")
+
+    def _check_usable(self) -> None:
+        if self._closed or self._broken is not None:
+            raise self._unusable_error()
 
 
 def utf8_size(text: str) -> int:

@@ -19,8 +19,8 @@ from arcp_trio.transport.base import (
     DEFAULT_MAX_MESSAGE_SIZE,
     MessageTooLarge,
     TransportBroken,
-    TransportClosed,
     TransportError,
+    TransportState,
     utf8_size,
 )
 
@@ -40,7 +40,9 @@ class _Link:
         self.sides: list[MemoryTransport] = []
 
 
-class MemoryTransport:
+class MemoryTransport(TransportState):
+    _ended = "peer closed the transport"
+
     """One side of :func:`memory_transport_pair`. Built only by that function."""
 
     def __init__(
@@ -56,29 +58,19 @@ class MemoryTransport:
         self._receive_channel = receive_channel
         self._link = link
         self._max_message_size = max_message_size
-        self._description = description
+        super().__init__(description)
         self._send_lock = trio.StrictFIFOLock()
-        self._closed = False
-        self._broken: str | None = None
         self._receiving = False
 
-    @property
-    def description(self) -> str:
-        """``memory #<pair>/<side>``."""
-        return self._description
-
     def _unusable_error(self) -> TransportError:
-        if self._closed:
-            return TransportClosed(f"{self._description}: transport closed")
-        if self._broken is not None:
-            return TransportBroken(self._broken)
-        if self._link.aborted:
+        if not self._closed and self._broken is None and self._link.aborted:
             return TransportBroken(f"{self._description}: connection aborted")
-        return TransportBroken(f"{self._description}: peer closed the transport")
+        return super()._unusable_error()
 
     def _check_usable(self) -> None:
-        if self._closed or self._link.aborted or self._broken is not None:
+        if self._link.aborted:
             raise self._unusable_error()
+        super()._check_usable()
 
     async def send_message(self, message: str) -> None:
         """Send one message (see :meth:`send_messages`)."""

@@ -25,9 +25,7 @@ import trio
 from arcp_trio.transport.base import (
     DEFAULT_MAX_MESSAGE_SIZE,
     MessageTooLarge,
-    TransportBroken,
-    TransportClosed,
-    TransportError,
+    TransportState,
 )
 
 if TYPE_CHECKING:
@@ -43,7 +41,9 @@ RECEIVE_CHUNK = 64 * 1024
 DEFAULT_CLOSE_TIMEOUT = 2.0
 
 
-class StreamTransport:
+class StreamTransport(TransportState):
+    _ended = "stream closed"
+
     """The :class:`~arcp_trio.transport.base.Transport` interface as NDJSON over streams.
 
     Args:
@@ -68,33 +68,17 @@ class StreamTransport:
         self._send_stream = send_stream
         self._max_message_size = max_message_size
         self._close_timeout = close_timeout
-        self._description = description
+        super().__init__(description)
         self._send_lock = trio.StrictFIFOLock()
         self._buffer = bytearray()
         # Where to resume looking for b"\n" in _buffer (everything before has none).
         self._scan_from = 0
         # Bytes of an oversized line skipped so far, or -1 when not skipping.
         self._skipped = -1
-        self._closed = False
-        self._broken: str | None = None
         self._streams_closed = False
         self._receiving = False
 
-    @property
-    def description(self) -> str:
-        """What was passed as ``description`` (``stdio`` for the process's own)."""
-        return self._description
-
     # -- errors ---------------------------------------------------------------------------
-
-    def _unusable_error(self) -> TransportError:
-        if self._closed:
-            return TransportClosed(f"{self._description}: transport closed")
-        return TransportBroken(self._broken or f"{self._description}: stream closed")
-
-    def _check_usable(self) -> None:
-        if self._closed or self._broken is not None:
-            raise self._unusable_error()
 
     async def _fail(self, reason: str) -> NoReturn:
         """Mark the transport broken, close the streams, raise ``TransportBroken``."""

@@ -67,8 +67,8 @@ from arcp_trio.transport.base import (
     MessageTooLarge,
     Transport,
     TransportBroken,
-    TransportClosed,
     TransportError,
+    TransportState,
     utf8_size,
 )
 
@@ -98,7 +98,9 @@ _CAN_CLOSE = frozenset({ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING})
 _INTERNAL_ERROR = 1011
 
 
-class WebSocketTransport:
+class WebSocketTransport(TransportState):
+    _ended = "connection closed"
+
     """The :class:`~arcp_trio.transport.base.Transport` interface over one WebSocket.
 
     Built by :func:`connect_websocket`, :func:`serve_websocket_transport` or the two
@@ -131,7 +133,7 @@ class WebSocketTransport:
         self._ws = connection
         self._max_message_size = max_message_size
         self._close_timeout = close_timeout
-        self._description = description
+        super().__init__(description)
         self._send_lock = trio.StrictFIFOLock()
         self._control = bytearray()
         self._events: deque[Event] = deque(pending_events)
@@ -141,28 +143,12 @@ class WebSocketTransport:
         self._buffered = 0
         self._discarding = False
         # Lifecycle.
-        self._closed = False
-        self._broken: str | None = None
         self._stream_closed = False
         self._eof = False
         self._receiving = False
         self._close_seen = trio.Event()
 
-    @property
-    def description(self) -> str:
-        """``ws <peer host>:<port>``."""
-        return self._description
-
     # -- errors ---------------------------------------------------------------------------
-
-    def _unusable_error(self) -> TransportError:
-        if self._closed:
-            return TransportClosed(f"{self._description}: transport closed")
-        return TransportBroken(self._broken or f"{self._description}: connection closed")
-
-    def _check_usable(self) -> None:
-        if self._closed or self._broken is not None:
-            raise self._unusable_error()
 
     def _mark_broken(self, reason: str) -> None:
         if self._broken is None:
