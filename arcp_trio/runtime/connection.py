@@ -69,6 +69,10 @@ class Connection:
         self.outbox = Outbox(high_water=high_water)
         self._scope: trio.CancelScope | None = None
         self.close_reason = ""
+        #: The resume token (hashed) this connection's welcome carried, and whether the
+        #: client has answered it (see ``Session.confirm_token``).
+        self.token_hash = ""
+        self.token_confirmed = False
         self.monitor = HeartbeatMonitor(
             interval=heartbeat_interval or 0.0, last_received=trio.current_time()
         )

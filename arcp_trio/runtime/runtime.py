@@ -442,11 +442,7 @@ class Runtime:
         else:
             wanted = hash_token(token)
             session = next(
-                (
-                    s
-                    for s in self._sessions.values()
-                    if wanted in (s.token_hash, s.confirmed_token_hash)
-                ),
+                (s for s in self._sessions.values() if wanted in s.valid_token_hashes()),
                 None,
             )
         if session is None:
@@ -474,9 +470,6 @@ class Runtime:
             raise ResumeWindowExpired("the session's resume window has ended")
         # §6.3: RESUME_WINDOW_EXPIRED "if the buffer no longer covers last_event_seq".
         replay = session.buffer.replay_after(request.last_event_seq)
-        # The client demonstrably holds this token; it stays valid until the client
-        # shows it received the rotated one (a welcome can be lost in transit).
-        session.confirmed_token_hash = hash_token(token)
         if session.connection is not None:
             # The old connection is half-open or slow to notice; the token holder wins.
             session.connection.abort("superseded by a resume")
@@ -503,6 +496,7 @@ class Runtime:
             format_ping_time=lambda: format_timestamp(self._wall_clock()),
         )
         token = session.rotate_token()
+        connection.token_hash = session.token_hash
         self._save_session(session)
         agents: list[Any]
         if "agent_versions" in session.features:
@@ -572,10 +566,13 @@ class Runtime:
 
     async def _dispatch(self, connection: Connection, envelope: Envelope) -> None:
         session = connection.session
-        if session.confirmed_token_hash != session.token_hash and session.connection is connection:
-            # The client speaks after the welcome: it has the rotated token.
-            session.confirm_token()
-            self._save_session(session)
+        if not connection.token_confirmed:
+            # The client answers the welcome: it holds the token that welcome carried,
+            # and the older ones stop resuming.
+            connection.token_confirmed = True
+            if session.connection is connection:
+                session.confirm_token(connection.token_hash)
+                self._save_session(session)
         handler = self._dispatch_table.get(envelope.type)
         if handler is None:
             raise InvalidRequest(f"{envelope.type} is sent by runtimes, not clients")
@@ -1022,8 +1019,10 @@ class Runtime:
             )
         try:
             dumps(result)
-        except (TypeError, ValueError) as exc:
-            return _internal(f"agent result is not JSON-serialisable: {exc}")
+        except (TypeError, ValueError, RecursionError) as exc:
+            # RecursionError too: a result nested too deeply to serialise must end
+            # this job, not escape into the job nursery (found by fuzzing).
+            return _internal(f"agent result is not JSON-serialisable: {exc!r}"[:500])
         return Terminal(status=JobStatus.SUCCESS, completed_at="", result=result)
 
     def _finish(self, job: JobRecord, live: _LiveJob, terminal: Terminal) -> None:

@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Session", "hash_token"]
 
+#: Tokens kept valid while the client has not answered a welcome.
+_MAX_UNCONFIRMED = 8
+
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
@@ -43,11 +46,14 @@ class Session:
     dialect: Dialect
     buffer: EventBuffer
     window: ResumeWindow
+    #: The latest resume token issued (hashed).
     token_hash: str = ""
-    #: The token the client is known to hold. A welcome (and the new token in it) can
-    #: be lost in transit; until the client shows it got it (any frame on that
-    #: connection), a resume with this one is still accepted.
+    #: The token the client is known to hold: the one whose welcome it answered.
     confirmed_token_hash: str = ""
+    #: Tokens issued since then, newest last. A welcome can be lost in transit, and a
+    #: duplicate handshake (a retried dial) can rotate past the token the client got;
+    #: until the client answers a welcome, every one of them still resumes.
+    unconfirmed_token_hashes: list[str] = attrs.field(factory=list)
     client_name: str = ""
     connection: Connection | None = None
     #: Jobs this session submitted: it alone may cancel them (§7.4, §7.6).
@@ -62,20 +68,26 @@ class Session:
         """§6.3: "The resume token rotates on every successful welcome"."""
         token = new_id("rtk")
         self.token_hash = hash_token(token)
+        self.unconfirmed_token_hashes.append(self.token_hash)
+        del self.unconfirmed_token_hashes[:-_MAX_UNCONFIRMED]
         return token
 
-    def confirm_token(self) -> None:
-        """The client spoke after the welcome: it holds the current token."""
-        self.confirmed_token_hash = self.token_hash
+    def confirm_token(self, token_hash: str) -> None:
+        """The client answered the welcome that carried ``token_hash``: from now on
+        only that token (and later ones) resume."""
+        self.confirmed_token_hash = token_hash
+        self.unconfirmed_token_hashes.clear()
+
+    def valid_token_hashes(self) -> set[str]:
+        valid = {self.token_hash, self.confirmed_token_hash, *self.unconfirmed_token_hashes}
+        valid.discard("")
+        return valid
 
     def token_matches(self, token: str) -> bool:
         presented = hash_token(token)
-        current = hmac.compare_digest(presented, self.token_hash)
-        # Compared either way (no early exit), so timing says nothing about which.
-        confirmed = bool(self.confirmed_token_hash) and hmac.compare_digest(
-            presented, self.confirmed_token_hash
-        )
-        return current or confirmed
+        # Every candidate is compared (no early exit), so timing says nothing.
+        matches = [hmac.compare_digest(presented, h) for h in self.valid_token_hashes()]
+        return any(matches)
 
     @property
     def watching(self) -> set[str]:

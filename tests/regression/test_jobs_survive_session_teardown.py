@@ -267,3 +267,27 @@ async def test_a_lost_welcome_does_not_lose_the_session(
     stale, _ = await connect(runtime, nursery)
     refused = await stale.hello(resume=resume)
     assert refused["payload"]["code"] == "PERMISSION_DENIED"
+
+
+async def test_a_duplicate_resume_handshake_does_not_steal_the_session(
+    runtime: Runtime, nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    """Regression (fuzzing): a late duplicate of a resume (a retried dial) rotated the
+    token past the one the client had just been given, and the client's next resume
+    was refused. Until the client answers a welcome, every token issued since stays
+    valid."""
+    peer, raw, job_id = await start_ticker(runtime, nursery)
+    raw.abort()
+    resume = {"session_id": peer.session_id, "resume_token": peer.resume_token, "last_event_seq": 3}
+    real, real_raw = await connect(runtime, nursery)
+    welcome = await real.hello(resume=resume)
+    assert welcome["type"] == "session.welcome"
+    duplicate, _ = await connect(runtime, nursery)
+    assert (await duplicate.hello(resume=resume))["type"] == "session.welcome"
+    real_raw.abort()  # taken over by the duplicate
+    again, _ = await connect(runtime, nursery)
+    again.last_event_seq = 3
+    retry = await again.hello(resume={**resume, "resume_token": welcome["payload"]["resume_token"]})
+    assert retry["type"] == "session.welcome", retry
+    frames = await again.recv_terminal(job_id)
+    assert ticks(frames, job_id) == [4, 5, 6, 7, 8, 9, 10]

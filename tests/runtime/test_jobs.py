@@ -811,3 +811,27 @@ async def test_cancelling_a_finished_job_is_a_quiet_no_op(
     await peer.send("session.ping", {"nonce": "after", "sent_at": "2026-01-01T00:00:00Z"})
     answered = await peer.recv_until(lambda f: f["type"] == "session.pong")
     assert [f["type"] for f in answered] == ["session.pong"]
+
+
+async def test_a_result_too_deep_to_serialise_ends_only_its_job(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    """Regression (fuzzing): a deeply nested agent result raised RecursionError
+    outside every boundary and crashed the job nursery, i.e. the whole runtime."""
+    registry = AgentRegistry()
+
+    @registry.agent("deep")
+    async def deep(_input: Any, _ctx: JobContext) -> Any:
+        value: Any = 0
+        for _ in range(5000):
+            value = [value]
+        return value
+
+    async with open_runtime(agents=registry, tokens=TOKENS, wall_clock=trio_wall_clock) as rt:
+        peer = await session(rt, nursery)
+        *_, terminal = await run_job(peer, "deep")
+        assert terminal["type"] == "job.error"
+        assert terminal["payload"]["code"] == "INTERNAL_ERROR"
+        # The runtime is still serving: another job runs to its terminal.
+        *_, again = await run_job(peer, "deep")
+        assert again["payload"]["code"] == "INTERNAL_ERROR"
