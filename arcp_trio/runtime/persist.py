@@ -24,7 +24,9 @@ def job_to_row(job: JobRecord) -> dict[str, Any]:
     (rebuilt from the sessions that watch it)."""
     terminal = None
     if job.terminal is not None:
-        terminal = attrs.asdict(job.terminal)
+        # Shallow: the result is plain JSON already (validated when the job ended), and
+        # a recursive asdict would recurse into it (deep results crashed it: fuzzing).
+        terminal = attrs.asdict(job.terminal, recurse=False)
         terminal["status"] = str(job.terminal.status)
     return {
         "job_id": job.job_id,

@@ -233,3 +233,34 @@ async def test_the_file_stays_bounded_by_the_configured_caps(
     # Never more than the caps plus one trimming stride (1024) behind.
     assert events <= 1000 + 1024
     assert history <= 1000 + 1024
+
+
+async def test_a_deep_result_is_stored_without_crashing(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """Regression (fuzzing): a result a few hundred levels deep passed JSON validation
+    but crashed the job nursery while being persisted (a recursive attrs.asdict)."""
+    from arcp_trio.runtime.agents import AgentRegistry
+
+    registry = AgentRegistry()
+
+    @registry.agent("deep")
+    async def deep(_input: Any, _ctx: Any) -> Any:
+        value: Any = 0
+        for _ in range(400):
+            value = [value]
+        return value
+
+    with trio.fail_after(20):
+        async with open_runtime(
+            agents=registry,
+            tokens=TOKENS,
+            wall_clock=trio_wall_clock,
+            store=SQLiteStore(tmp_path / "rt.sqlite3"),
+            config=RuntimeConfig(heartbeat_interval_sec=1000),
+        ) as runtime:
+            peer, _ = await connect(runtime, nursery)
+            await peer.hello()
+            accepted = await peer.submit("deep")
+            frames = await peer.recv_terminal(accepted["job_id"])
+            assert frames[-1]["type"] == "job.result"
