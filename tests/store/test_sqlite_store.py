@@ -247,7 +247,7 @@ async def test_a_deep_result_is_stored_without_crashing(
     @registry.agent("deep")
     async def deep(_input: Any, _ctx: Any) -> Any:
         value: Any = 0
-        for _ in range(400):
+        for _ in range(700):
             value = [value]
         return value
 
