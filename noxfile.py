@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 
 import nox
 
@@ -50,3 +51,28 @@ def docs(session: nox.Session) -> None:
     """Build docs/ into docs/_build/html with Sphinx; any warning fails the build."""
     session.install("-e", ".[docs]")
     session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")
+
+
+@nox.session(python=PYTHON)
+def fuzz(session: nox.Session) -> None:
+    """tests/fuzz at the thorough profile: over 100,000 state-machine steps.
+
+    Prints the figures (steps, examples, failures) and the seed; ``-- --hypothesis-seed=N``
+    replays a run.
+    """
+    session.install("-e", ".[test]")
+    args = list(session.posargs)
+    if not any(arg.startswith("--hypothesis-seed") for arg in args):
+        args.append(f"--hypothesis-seed={random.SystemRandom().randrange(2**32)}")
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        "tests/fuzz",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "--show-capture=no",
+        *args,
+        env={"HYPOTHESIS_PROFILE": "thorough"},
+    )

@@ -7,6 +7,7 @@ import pytest
 from arcp_trio.demo_agents import demo_registry
 from arcp_trio.runtime.config import RuntimeConfig
 from arcp_trio.runtime.runtime import Runtime, open_runtime
+from tests.fuzz.budget import register_profiles
 from tests.helpers import TOKENS, trio_wall_clock
 from tests.links import Link
 
@@ -14,6 +15,13 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     import trio
+
+#: The public testing toolkit's fixtures (``arcp_*``); the ``pytest11`` entry point
+#: registers the same module under the same name where arcp-trio is installed.
+pytest_plugins = ["arcp_trio.testing.plugin"]
+
+# Hypothesis profiles dev / ci / thorough, chosen by HYPOTHESIS_PROFILE (ci when CI=true).
+register_profiles()
 
 
 @pytest.fixture

@@ -520,6 +520,8 @@ _submit_scenario(
     input={"steps": 5, "cost": 0.4},
     lease_request={"cost.budget": ["USD:1.00"], "tool.call": ["search"]},
 )
+
+
 @scenario("credentials", agent="echo", input={"with": "credentials"})
 async def credentials(run: Run) -> None:
     """The reference client asks for ``provisioned_credentials`` too (as its runtime
