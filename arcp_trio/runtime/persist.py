@@ -9,7 +9,6 @@ import attrs
 
 from ..protocol.job import JobRecord, JobStatus, Terminal
 from ..protocol.leases import Budget, Lease
-from ..protocol.session import Dialect
 from ..store.base import SessionRow
 from ..wire.timestamps import parse_timestamp
 
@@ -108,7 +107,3 @@ def session_to_row(session: Session) -> SessionRow:
         evicted_through=session.buffer.evicted_through,
         confirmed_token_hash=session.confirmed_token_hash,
     )
-
-
-def dialect_of(value: str) -> Dialect:
-    return Dialect(value)
