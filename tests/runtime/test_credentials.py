@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import pytest
 import trio
+import trio.testing
 
 from arcp_trio.demo_agents import demo_registry
 from arcp_trio.runtime.config import RuntimeConfig
@@ -126,8 +128,16 @@ async def test_rotation_goes_to_the_submitter_only_and_revokes_the_old_value(
             assert upstream.revoked == [old["value"], new_value]
 
 
+@pytest.fixture
+def patient_clock() -> trio.testing.MockClock:
+    """Virtual time that jumps only after 0.2 s of real idleness: the SQLite writer
+    works in a thread, and a zero-threshold clock would jump past the heartbeat
+    deadlines while a slow (loaded) machine is still committing."""
+    return trio.testing.MockClock(autojump_threshold=0.2)
+
+
 async def test_transient_failures_are_retried_permanent_ones_surfaced(
-    tmp_path: Path, nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+    tmp_path: Path, nursery: trio.Nursery, patient_clock: trio.abc.Clock
 ) -> None:
     upstream = InProcessProvisioner()
     upstream.transient_failures = 3
