@@ -90,6 +90,17 @@ class Terminal:
     retryable: bool = False
     details: dict[str, Any] | None = None
 
+    @property
+    def error_code(self) -> str:
+        """The §12 code of a terminal that is not a success (§7.3, §7.4)."""
+        return str(
+            self.code
+            or {
+                JobStatus.CANCELLED: ErrorCode.CANCELLED,
+                JobStatus.TIMED_OUT: ErrorCode.TIMEOUT,
+            }.get(self.status, ErrorCode.INTERNAL_ERROR)
+        )
+
     def render(self, dialect: Dialect) -> tuple[MessageType, dict[str, Any]]:
         """The terminal frame's type and payload for a session of ``dialect``."""
         status = self.status
@@ -107,13 +118,9 @@ class Terminal:
         if status is JobStatus.ERROR or dialect is Dialect.SPEC:
             # §7.4: cancel is job.error CANCELLED, final_status cancelled; §7.3/§12:
             # timeout is job.error TIMEOUT, final_status timed_out.
-            code = self.code or {
-                JobStatus.CANCELLED: ErrorCode.CANCELLED,
-                JobStatus.TIMED_OUT: ErrorCode.TIMEOUT,
-            }.get(status, ErrorCode.INTERNAL_ERROR)
             payload = {
                 "final_status": str(status),
-                "code": str(code),
+                "code": self.error_code,
                 "message": self.message or str(status),
                 "retryable": self.retryable,
                 "completed_at": self.completed_at,
@@ -127,9 +134,7 @@ class Terminal:
         payload = {
             "final_status": str(status),
             "completed_at": self.completed_at,
-            "code": str(
-                ErrorCode.CANCELLED if status is JobStatus.CANCELLED else ErrorCode.TIMEOUT
-            ),
+            "code": self.error_code,
         }
         if self.message is not None:
             payload["message"] = self.message

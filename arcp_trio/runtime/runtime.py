@@ -1583,12 +1583,8 @@ class _Child:
             if terminal.result_id is not None:
                 return {"result_id": terminal.result_id, "result_size": terminal.result_size}
             return terminal.result
-        code = terminal.code or {
-            JobStatus.CANCELLED: ErrorCode.CANCELLED,
-            JobStatus.TIMED_OUT: ErrorCode.TIMEOUT,
-        }.get(terminal.status, ErrorCode.INTERNAL_ERROR)
         raise make_error(
-            str(code),
+            terminal.error_code,
             terminal.message or str(terminal.status),
             retryable=terminal.retryable,
             details=terminal.details,
