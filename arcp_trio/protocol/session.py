@@ -97,11 +97,16 @@ class HeartbeatMonitor:
 
     ``interval`` is ``heartbeat_interval_sec``. Call ``received(now)`` for every
     inbound frame and ``poll(now)`` when ``next_wakeup()`` arrives.
+
+    ``slack``: how early a ping may go out. A timer that may wake up to ``slack``
+    late (``Timers.granularity``) still pings within the interval this way; death is
+    never declared early.
     """
 
     interval: float
     last_received: float
     last_ping_sent: float = -math.inf
+    slack: float = 0.0
 
     def received(self, now: float) -> None:
         self.last_received = now
@@ -114,14 +119,14 @@ class HeartbeatMonitor:
         if now >= self.last_received + 2 * self.interval:
             return HeartbeatAction.DEAD
         # An idle counterpart gets a ping to answer, once per interval of silence.
-        if now >= max(self.last_received, self.last_ping_sent) + self.interval:
+        if now >= max(self.last_received, self.last_ping_sent) + self.interval - self.slack:
             self.last_ping_sent = now
             return HeartbeatAction.SEND_PING
         return HeartbeatAction.NONE
 
     def next_wakeup(self) -> float:
         """The earliest Trio time at which ``poll`` may return something new."""
-        ping_due = max(self.last_received, self.last_ping_sent) + self.interval
+        ping_due = max(self.last_received, self.last_ping_sent) + self.interval - self.slack
         return min(ping_due, self.last_received + 2 * self.interval)
 
 

@@ -1,26 +1,29 @@
-"""One transport attach of a session: its receive, send and heartbeat tasks.
+"""One transport attach of a session: its receive loop, writer and heartbeat.
 
 Theory of operation
 -------------------
-``Connection.run`` opens the connection's own nursery (``conn_nursery``) with three
-tasks:
+``Connection.run`` opens the connection's own nursery (``conn_nursery``) and serves
+it until the connection ends:
 
-* receive: read a frame, note it for liveness, decode it, hand it to the runtime's
-  dispatcher. A malformed frame or a failing request is answered with a
-  correlated ``session.error`` and the loop goes on (WIRE.md "Errors are
-  correlated").
-* send: wait until the outbox has frames, take everything queued (up to a batch
-  limit) and write it with one ``send_messages`` call, so a chatty job costs a few
-  large writes rather than one write per event.
-* heartbeat (§6.4, when negotiated): ping an idle peer; after two silent intervals
-  declare the connection dead.
+* receive (the nursery's body, in the task that called ``run``): read a frame, note
+  it for liveness, decode it, hand it to the runtime's dispatcher. A malformed frame
+  or a failing request is answered with a correlated ``session.error`` and the loop
+  goes on (WIRE.md "Errors are correlated").
+* writer (a task in ``conn_nursery``, started on demand): when frames are queued and
+  no writer is running, one is started; it takes everything queued (up to a batch
+  limit), writes it with one ``send_messages`` call, and returns once the queue is
+  empty, so a chatty job costs a few large writes and an idle connection keeps no
+  writer task. One-off replies (pong, acknowledgements, pings) written while nothing
+  is queued go straight to the transport (``SendsNowait``) without any task.
+* heartbeat (§6.4, when negotiated): a deadline in the runtime's ``Timers``, not a
+  task: ping an idle peer; after two silent intervals declare the connection dead.
 
 Whatever ends one of them — the peer closing, a transport error, heartbeat loss,
-``session.close``, a bug in a handler — ends *only this connection*: every task body
-runs behind a boundary that catches ``Exception``, logs it and cancels
-``conn_nursery``. The runtime then detaches the session, which stays resumable, and
-no job is touched (§6.4, §6.7; the C# report in shared/context is what happens
-otherwise).
+``session.close``, a bug in a handler or in the heartbeat callback — ends *only this
+connection*: each runs behind a boundary that catches ``Exception``, logs it and
+cancels ``conn_nursery``. The runtime then detaches the session, which stays
+resumable, and no job is touched (§6.4, §6.7; the C# report in shared/context is
+what happens otherwise).
 """
 
 from __future__ import annotations
@@ -31,17 +34,18 @@ from typing import TYPE_CHECKING
 import trio
 
 from ..protocol.session import HeartbeatAction, HeartbeatMonitor
-from ..transport.base import MessageTooLarge, Transport, TransportError
+from ..transport.base import MessageTooLarge, SendsNowait, Transport, TransportError
 from ..transport.outbox import Outbox
-from ..wire.codec import Envelope, decode, encode
+from ..wire.codec import Envelope, decode, encode, encode_ping_frame
 from ..wire.errors import ARCPError, ErrorCode, RemoteProtocolError
-from ..wire.ids import new_ulid
-from ..wire.messages import MessageType, SessionError, SessionPing
+from ..wire.ids import new_frame_id
+from ..wire.messages import MessageType, SessionError
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from .session import Session
+    from .timers import Timer, Timers
 
 __all__ = ["Connection"]
 
@@ -51,12 +55,31 @@ log = logging.getLogger(__name__)
 class Connection:
     """A session's current transport, with its outbox. Built by the runtime."""
 
+    __slots__ = (
+        "_dispatch",
+        "_format_ping_time",
+        "_heartbeat",
+        "_nowait",
+        "_nursery",
+        "_scope",
+        "_timers",
+        "_writer_active",
+        "close_reason",
+        "monitor",
+        "outbox",
+        "session",
+        "token_confirmed",
+        "token_hash",
+        "transport",
+    )
+
     def __init__(
         self,
         *,
         session: Session,
         transport: Transport,
         dispatch: Callable[[Connection, Envelope], Awaitable[None]],
+        timers: Timers,
         heartbeat_interval: float | None,
         high_water: int,
         format_ping_time: Callable[[], str],
@@ -64,17 +87,29 @@ class Connection:
         self.session = session
         self.transport = transport
         self._dispatch = dispatch
-        self._heartbeat_interval = heartbeat_interval
+        self._timers = timers
         self._format_ping_time = format_ping_time
         self.outbox = Outbox(high_water=high_water)
+        self._nowait = transport if isinstance(transport, SendsNowait) else None
+        self._nursery: trio.Nursery | None = None
         self._scope: trio.CancelScope | None = None
+        self._writer_active = False
+        self._heartbeat: Timer | None = None
         self.close_reason = ""
         #: The resume token (hashed) this connection's welcome carried, and whether the
         #: client has answered it (see ``Session.confirm_token``).
         self.token_hash = ""
         self.token_confirmed = False
-        self.monitor = HeartbeatMonitor(
-            interval=heartbeat_interval or 0.0, last_received=trio.current_time()
+        #: §6.4 liveness (None: heartbeats not negotiated). Pings may go out one timer
+        #: granularity early, so a late timer still pings within the interval.
+        self.monitor = (
+            HeartbeatMonitor(
+                interval=heartbeat_interval,
+                last_received=trio.current_time(),
+                slack=min(timers.granularity, heartbeat_interval / 2),
+            )
+            if heartbeat_interval
+            else None
         )
 
     @property
@@ -84,19 +119,38 @@ class Connection:
     # -- queueing (synchronous: called from handlers and event routing) -----------------
 
     def enqueue(self, frame: str) -> None:
+        """Queue a frame behind everything queued before it; a writer takes it."""
         self.outbox.enqueue(frame)
+        if not self._writer_active:
+            self._start_writer()
+
+    def send_now(self, frame: str) -> None:
+        """Write a one-off frame at once when nothing is queued, else queue it."""
+        nowait = self._nowait
+        if (
+            nowait is not None
+            and self._nursery is not None
+            and not self._writer_active
+            and not self.outbox.frames
+            and not self.outbox.closed
+            and nowait.send_nowait(frame)
+        ):
+            if nowait.write_pending:
+                self._start_writer()
+            return
+        self.enqueue(frame)
 
     def send(self, envelope: Envelope) -> None:
-        self.outbox.enqueue(encode(envelope))
+        self.send_now(encode(envelope))
 
     def reply(
         self, message_type: MessageType, payload: object, *, job_id: str | None = None
     ) -> None:
-        """Queue a non-seq frame to the peer, stamped with this session's id."""
+        """Send a non-seq frame to the peer, stamped with this session's id."""
         self.send(
             Envelope(
                 type=message_type,
-                id=new_ulid(),
+                id=new_frame_id(),
                 session_id=self.session.session_id,
                 job_id=job_id,
                 payload=payload,
@@ -133,34 +187,55 @@ class Connection:
         """End the connection once everything queued so far has been written."""
         self.close_reason = self.close_reason or reason
         self.outbox.stop_after_flush()
+        if not self._writer_active and not self.outbox.frames:
+            self.abort(self.close_reason)
 
     def abort(self, reason: str) -> None:
         """End the connection now; queued frames stay in the session's buffer."""
         self.close_reason = self.close_reason or reason
         self.outbox.close()
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            self._heartbeat = None
         if self._scope is not None:
             self._scope.cancel()
 
-    # -- the three tasks ------------------------------------------------------------------
+    # -- running --------------------------------------------------------------------------
 
     async def run(self) -> None:
         """Serve until the connection ends; never raises (except cancellation)."""
         try:
             async with trio.open_nursery() as conn_nursery:
                 self._scope = conn_nursery.cancel_scope
+                self._nursery = conn_nursery
                 if self.closed:
                     conn_nursery.cancel_scope.cancel()
-                conn_nursery.start_soon(self._guard, self._send_loop, "send")
-                conn_nursery.start_soon(self._guard, self._receive_loop, "receive")
-                if self._heartbeat_interval:
-                    conn_nursery.start_soon(self._guard, self._heartbeat_loop, "heartbeat")
+                elif self.outbox.frames or self.outbox.stopping:
+                    # The welcome (and any replay) was queued before we started.
+                    self._start_writer()
+                if self.monitor is not None and not self.closed:
+                    self._heartbeat = self._timers.call_at(
+                        self.monitor.next_wakeup(), self._on_heartbeat
+                    )
+                try:
+                    await self._guard(self._receive_loop, "receive")
+                finally:
+                    # Closed before the nursery starts closing: from here no frame is
+                    # queued and no writer started (producers are job tasks: they must
+                    # never meet a closed nursery).
+                    self.abort(self.close_reason or "connection ended")
+                    self._nursery = None
         finally:
-            self.outbox.close()
+            self.abort(self.close_reason or "connection ended")
             with trio.move_on_after(5, shield=True):
                 await self.transport.aclose()
 
     async def _guard(self, task: Callable[[], Awaitable[None]], name: str) -> None:
-        """The connection's edge: whatever a task raises ends this connection only."""
+        """The connection's edge: whatever a task raises ends this connection only.
+
+        A task that returns has done its part (the writer, once drained); ``run``
+        ends the connection when the receive loop is over.
+        """
         try:
             await task()
         except TransportError as exc:
@@ -179,18 +254,34 @@ class Connection:
                 name,
                 exc_info=True,
             )
-        finally:
-            self.abort(self.close_reason or f"{name} task ended")
+        else:
+            return
+        self.abort(self.close_reason or f"{name} task ended")
 
-    async def _send_loop(self) -> None:
-        await self.outbox.run(self.transport)
+    def _start_writer(self) -> None:
+        if self._nursery is None or self._writer_active or self.outbox.closed:
+            return  # ``run`` starts it; or one is running; or the connection is over
+        self._writer_active = True
+        self._nursery.start_soon(self._guard, self._write, "send")
+
+    async def _write(self) -> None:
+        try:
+            if self._nowait is not None and self._nowait.write_pending:
+                await self.transport.send_messages(())
+            await self.outbox.drain(self.transport)
+        finally:
+            self._writer_active = False
+        if self.outbox.stopping:
+            self.abort(self.close_reason or "closed after flush")
 
     async def _receive_loop(self) -> None:
+        monitor = self.monitor
         while True:
             try:
                 text = await self.transport.receive_message()
             except MessageTooLarge as exc:
-                self.monitor.received(trio.current_time())
+                if monitor is not None:
+                    monitor.received(trio.current_time())
                 self.send_error(
                     RemoteProtocolError(
                         f"frame of at least {exc.size} bytes exceeds the limit of {exc.limit}"
@@ -198,7 +289,8 @@ class Connection:
                     request_id=None,
                 )
                 continue
-            self.monitor.received(trio.current_time())
+            if monitor is not None:
+                monitor.received(trio.current_time())
             try:
                 envelope = decode(text)
             except RemoteProtocolError as exc:
@@ -223,23 +315,37 @@ class Connection:
                     request_id=envelope.id,
                 )
 
-    async def _heartbeat_loop(self) -> None:
+    # -- heartbeat (a callback of the runtime's Timers) ----------------------------------
+
+    def _on_heartbeat(self, now: float) -> None:
+        self._heartbeat = None
         monitor = self.monitor
-        while True:
-            await trio.sleep_until(monitor.next_wakeup())
-            action = monitor.poll(trio.current_time())
-            if action is HeartbeatAction.SEND_PING:
-                self.reply(
-                    MessageType.SESSION_PING,
-                    SessionPing(nonce=new_ulid(), sent_at=self._format_ping_time()),
-                )
-            elif action is HeartbeatAction.DEAD:
+        if monitor is None or self.closed:
+            return
+        try:
+            action = monitor.poll(now)
+            if action is HeartbeatAction.DEAD:
                 # §6.4: close the transport and surface HEARTBEAT_LOST — locally; the
                 # session stays resumable and no job is touched.
                 log.warning(
                     "heartbeat lost session_id=%s interval=%s",
                     self.session.session_id,
-                    self._heartbeat_interval,
+                    monitor.interval,
                 )
                 self.abort(str(ErrorCode.HEARTBEAT_LOST))
                 return
+            if action is HeartbeatAction.SEND_PING:
+                self.send_now(
+                    encode_ping_frame(
+                        frame_id=new_frame_id(),
+                        session_id=self.session.session_id,
+                        nonce=new_frame_id(),
+                        sent_at=self._format_ping_time(),
+                    )
+                )
+            self._heartbeat = self._timers.call_at(monitor.next_wakeup(), self._on_heartbeat)
+        except Exception:
+            # A heartbeat that cannot run would leave a dead peer undetected: end this
+            # connection (the session stays resumable), never the timer or the runtime.
+            log.error("heartbeat failed session_id=%s", self.session.session_id, exc_info=True)
+            self.abort("heartbeat task failed")

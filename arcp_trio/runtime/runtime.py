@@ -98,6 +98,7 @@ from .credentials import (
 from .otel import NoTelemetry, Telemetry
 from .persist import job_from_row, job_to_row, session_to_row
 from .session import Session, hash_token
+from .timers import Timers
 from .tools import ToolRegistry, current_trace_id
 
 if TYPE_CHECKING:
@@ -205,6 +206,9 @@ class Runtime:
         self._observe_policy = observe_policy
         self._job_nursery = job_nursery
         self._session_nursery = session_nursery
+        #: Heartbeats and resume windows: one task for every deadline (``run`` is
+        #: started by ``open_runtime``). A ping may go out one granularity early.
+        self._timers = Timers(granularity=min(1.0, config.heartbeat_interval_sec / 20))
         self.jobs = JobTable()
         self._live: dict[str, _LiveJob] = {}
         self._sessions: dict[str, Session] = {}
@@ -491,6 +495,7 @@ class Runtime:
             session=session,
             transport=transport,
             dispatch=self._dispatch,
+            timers=self._timers,
             heartbeat_interval=heartbeat,
             high_water=self.config.backpressure_high_water,
             format_ping_time=lambda: format_timestamp(self._wall_clock()),
@@ -540,16 +545,17 @@ class Runtime:
             self.config.resume_window_sec,
         )
         if not self._closing:
-            deadline = now + self.config.resume_window_sec
-            self._session_nursery.start_soon(
-                self._expire_later, session, session.detach_generation, deadline
-            )
+            self._expire_later(session, now + self.config.resume_window_sec)
 
-    async def _expire_later(self, session: Session, generation: int, deadline: float) -> None:
+    def _expire_later(self, session: Session, deadline: float) -> None:
         """Forget the session at ``deadline`` unless it was resumed (or re-detached) since."""
-        await trio.sleep_until(deadline)
-        if session.detach_generation == generation and session.connection is None:
-            self._forget(session)
+        generation = session.detach_generation
+
+        def expire(_now: float) -> None:
+            if session.detach_generation == generation and session.connection is None:
+                self._forget(session)
+
+        self._timers.call_at(deadline, expire)
 
     def _forget(self, session: Session) -> None:
         """The resume window ended: drop the session. Its jobs keep running."""
@@ -1352,12 +1358,7 @@ class Runtime:
             # Detached since the restart: resumable for a whole window from now.
             session.window.detach(now)
             session.detach_generation += 1
-            self._session_nursery.start_soon(
-                self._expire_later,
-                session,
-                session.detach_generation,
-                now + self.config.resume_window_sec,
-            )
+            self._expire_later(session, now + self.config.resume_window_sec)
         for key, job_id, state, credential in recovered.credentials:
             if state == "failed":
                 self.unrevoked_credentials.append(credential.get("id", key))
@@ -1673,6 +1674,7 @@ async def open_runtime(
                 )
                 runtime._restore(recovered)
                 session_nursery.start_soon(runtime._janitor)
+                session_nursery.start_soon(runtime._timers.run)
                 try:
                     yield runtime
                 except BaseException as exc:

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
     "MessageTooLarge",
+    "SendsNowait",
     "Transport",
     "TransportBroken",
     "TransportClosed",
@@ -116,6 +117,33 @@ class Transport(Protocol):
     @property
     def description(self) -> str:
         """A short human-readable name of the peer for logs, e.g. ``ws 127.0.0.1:5555``."""
+        ...
+
+
+@runtime_checkable
+class SendsNowait(Protocol):
+    """A transport that can also take a message without waiting (optional).
+
+    The runtime's connections use it for one-off replies (pongs, acknowledgements,
+    pings) when nothing else is queued: the frame goes out at once instead of waking
+    a writer task. Wrappers (chaos, recording) need not implement it; they then get
+    every frame through ``send_messages``.
+    """
+
+    def send_nowait(self, message: str) -> bool:
+        """Take ``message`` now if that needs no waiting; never raises.
+
+        True: the message is taken, in order after everything sent before. Part of it
+        may still wait in the transport (``write_pending``); the next
+        ``send_messages`` call, even with no messages, writes that first.
+        False: nothing was taken (busy, full, closed or broken); send it with
+        ``send_messages``, which reports any error.
+        """
+        ...
+
+    @property
+    def write_pending(self) -> bool:
+        """Bytes taken by ``send_nowait`` wait for the next ``send_messages`` call."""
         ...
 
 

@@ -105,6 +105,20 @@ class MemoryTransport(TransportState):
                     self.abort()
                 raise
 
+    def send_nowait(self, message: str) -> bool:
+        """Deliver ``message`` now if the buffer has room (``SendsNowait``)."""
+        if self._send_lock.locked() or self._link.aborted or self._closed or self._broken:
+            return False
+        try:
+            self._send_channel.send_nowait(message)
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        return True
+
+    @property
+    def write_pending(self) -> bool:
+        return False
+
     async def receive_message(self) -> str:
         """Return the next message.
 

@@ -7,7 +7,12 @@ A :class:`WebSocketTransport` pairs one ``trio.abc.Stream`` with one
 turns bytes into events and events into bytes; this module owns every read and write.
 
 *Sending.* Every write to the stream happens under ``_send_lock`` (a
-``StrictFIFOLock``), so frames from concurrent senders never interleave.
+``StrictFIFOLock``), so frames from concurrent senders never interleave — except
+``send_nowait``, the write-through path for one-off replies: when the lock is free
+and nothing is owed to the stream, a server transport on a socket writes the frame
+straight to the non-blocking socket (as asyncio's transports do); whatever the
+kernel does not take is kept in ``_control`` and written first by the next
+``send_messages``.
 ``send_messages`` encodes the whole batch with wsproto, joins the bytes and hands them
 to the stream in **one** ``send_all``: a chatty job costs one socket write per batch,
 not one per event. The receive path also writes (pong, close reply); when a sender
@@ -41,6 +46,8 @@ from __future__ import annotations
 import contextlib
 import http
 import logging
+import os
+import signal
 import ssl
 import urllib.parse
 from collections import deque
@@ -49,7 +56,7 @@ from typing import TYPE_CHECKING, NoReturn
 import attrs
 import trio
 from wsproto import ConnectionType, WSConnection
-from wsproto.connection import ConnectionState
+from wsproto.connection import Connection, ConnectionState
 from wsproto.events import (
     AcceptConnection,
     BytesMessage,
@@ -120,7 +127,7 @@ class WebSocketTransport(TransportState):
     def __init__(
         self,
         stream: trio.abc.Stream,
-        connection: WSConnection,
+        connection: WSConnection | Connection,
         *,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
@@ -130,7 +137,22 @@ class WebSocketTransport(TransportState):
         if connection.state is not ConnectionState.OPEN:
             raise ValueError(f"the WebSocket must be OPEN, not {connection.state.name}")
         self._stream = stream
-        self._ws = connection
+        # After the handshake only the frame layer is needed: dropping the HTTP
+        # handshake objects saves about 2 KiB per connection.
+        ws = connection.connection if isinstance(connection, WSConnection) else connection
+        assert ws is not None  # an OPEN WSConnection has its frame connection
+        self._ws: Connection = ws
+        #: The socket's descriptor for ``send_nowait`` (-1: not available). Only
+        #: servers (unmasked frames we build ourselves), only on POSIX, and only when
+        #: SIGPIPE is ignored (Python's default), so a write to a reset socket raises.
+        self._fd = -1
+        if (
+            not ws.client
+            and isinstance(stream, trio.SocketStream)
+            and os.name == "posix"
+            and signal.getsignal(signal.SIGPIPE) == signal.SIG_IGN
+        ):
+            self._fd = stream.socket.fileno()
         self._max_message_size = max_message_size
         self._close_timeout = close_timeout
         super().__init__(description)
@@ -201,10 +223,42 @@ class WebSocketTransport(TransportState):
                 raise TransportBroken(
                     f"{self._description}: cannot send, the WebSocket is {self._ws.state.name}"
                 ) from exc
-            if data:
+            if data or self._control:
                 await self._write(data)
             else:
                 await trio.lowlevel.checkpoint()
+
+    def send_nowait(self, message: str) -> bool:
+        """Write one text frame now if the socket takes it without waiting.
+
+        ``SendsNowait``: True when the frame is taken (any part the kernel did not
+        accept waits in ``_control`` for the next ``send_messages``); False, with
+        nothing written, when this transport cannot (client side, not a socket,
+        busy, owed bytes, not open) or the kernel takes nothing.
+        """
+        if (
+            self._fd < 0
+            or self._control
+            or self._send_lock.locked()
+            or self._closed
+            or self._broken is not None
+            or self._stream_closed
+            or self._ws.state is not ConnectionState.OPEN
+        ):
+            return False
+        data = _server_text_frames((message,))
+        try:
+            sent = os.write(self._fd, data)
+        except OSError:
+            # Full (EAGAIN) or failed: the regular path waits, or reports the error.
+            return False
+        if sent < len(data):
+            self._control += data[sent:]
+        return True
+
+    @property
+    def write_pending(self) -> bool:
+        return bool(self._control)
 
     async def _write(self, data: bytes) -> None:
         """Write ``data`` (plus queued control frames) to the stream. Lock held."""

@@ -36,6 +36,7 @@ __all__ = [
     "dumps",
     "encode",
     "encode_job_frame",
+    "encode_ping_frame",
     "structure_payload",
     "unstructure_payload",
 ]
@@ -278,4 +279,17 @@ def encode_job_frame(
         f'{{"arcp":"1.1","id":"{frame_id}","type":"{message_type}",'
         f'"session_id":"{session_id}"{trace},"job_id":"{job_id}",'
         f'"event_seq":{event_seq},"payload":{payload_json}}}'
+    )
+
+
+def encode_ping_frame(*, frame_id: str, session_id: str, nonce: str, sent_at: str) -> str:
+    """A ``session.ping`` frame (§6.4), byte-for-byte what ``encode`` gives.
+
+    Idle sessions cost one ping per heartbeat interval each, so this skips the
+    converter. Every argument is a runtime-minted id or an RFC 3339 timestamp, so
+    none needs JSON escaping.
+    """
+    return (
+        f'{{"arcp":"1.1","id":"{frame_id}","type":"session.ping","session_id":"{session_id}",'
+        f'"payload":{{"nonce":"{nonce}","sent_at":"{sent_at}"}}}}'
     )

@@ -293,7 +293,9 @@ async def test_runtime_pings_an_idle_client(
     start = trio.current_time()
     ping = await peer.recv()
     assert ping["type"] == "session.ping"
-    assert trio.current_time() - start == 10
+    # §6.4: one message per interval; the runtime's shared timer may send it up to a
+    # twentieth of the interval early (never late), so pings to many sessions coalesce.
+    assert 10 * 19 / 20 <= trio.current_time() - start <= 10
     assert "event_seq" not in ping  # §6.4: heartbeats are not in event_seq
     await peer.send("session.pong", {"ping_nonce": ping["payload"]["nonce"]})
     # Answered: the connection is alive past two intervals.

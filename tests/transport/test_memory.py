@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from arcp_trio.transport.base import TransportBroken, TransportClosed
+from arcp_trio.transport.base import SendsNowait, TransportBroken, TransportClosed
 from arcp_trio.transport.memory import memory_transport_pair
 
 GUARD = 10
@@ -90,3 +90,19 @@ async def test_own_close_wins_over_abort() -> None:
         with pytest.raises(TransportBroken):
             await b.receive_message()
         await b.aclose()
+
+
+async def test_send_nowait_delivers_in_order_or_refuses() -> None:
+    """``SendsNowait``: taken at once while there is room, refused (nothing sent) after."""
+    with trio.fail_after(GUARD):
+        a, b = memory_transport_pair(buffer=2)
+        assert isinstance(a, SendsNowait)
+        assert a.send_nowait("one")
+        await a.send_message("two")
+        assert not a.send_nowait("three")  # the buffer is full: nothing was taken
+        assert not a.write_pending
+        assert [await b.receive_message(), await b.receive_message()] == ["one", "two"]
+        assert a.send_nowait("three")
+        assert await b.receive_message() == "three"
+        await a.aclose()
+        assert not a.send_nowait("after close")

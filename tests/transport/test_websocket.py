@@ -37,7 +37,13 @@ from wsproto.events import (
 )
 from wsproto.extensions import PerMessageDeflate
 
-from arcp_trio.transport.base import MessageTooLarge, Transport, TransportBroken, TransportClosed
+from arcp_trio.transport.base import (
+    MessageTooLarge,
+    SendsNowait,
+    Transport,
+    TransportBroken,
+    TransportClosed,
+)
 from arcp_trio.transport.websocket import (
     WebSocketServerInfo,
     WebSocketTransport,
@@ -650,3 +656,68 @@ async def test_wss_client() -> None:
             with pytest.raises(TransportBroken, match="TLS"):
                 await connect_websocket(f"wss://127.0.0.1:{port}/arcp")  # untrusted cert
             nursery.cancel_scope.cancel()
+
+
+# == write-through (send_nowait) ============================================================
+
+
+async def test_send_nowait_writes_through_then_defers_to_send_messages() -> None:
+    """A server transport on a socket writes one-off frames straight to the socket.
+
+    The peer does not read, so the socket fills: a frame the kernel takes only part of
+    is kept (``write_pending``), later ``send_nowait`` calls refuse, and the next
+    ``send_messages`` writes the kept bytes before its own. The peer then reads every
+    frame whole and in order.
+    """
+    sent: list[str] = []
+    filled = trio.Event()
+    received: list[str] = []
+    pending: list[bool] = []
+
+    async def handler(transport: Transport) -> None:
+        assert isinstance(transport, SendsNowait)
+        for i in range(10_000):  # bounded: a loopback socket holds a few MiB at most
+            message = json.dumps({"i": i, "pad": "x" * 65_537})
+            if not transport.send_nowait(message):
+                break
+            sent.append(message)
+        pending_after_filling = transport.write_pending  # the last frame went in part-way
+        filled.set()
+        await transport.send_messages(())  # writes the kept part (waits for the reader)
+        pending.extend([pending_after_filling, transport.write_pending])
+        sent.append("tail")
+        await transport.send_messages(["tail"])
+        await transport.receive_message()  # until the client is done
+
+    with trio.fail_after(GUARD * 3):
+        async with running_server(handler) as info:
+            client = await connect_websocket(info.url, max_message_size=1 << 20)
+            assert isinstance(client, SendsNowait)
+            assert not client.send_nowait("clients mask their frames: never written through")
+            await filled.wait()
+            while not received or received[-1] != "tail":
+                received.append(await client.receive_message())
+            await client.send_message("done")
+            await client.aclose()
+    assert len(sent) > 2
+    assert pending == [True, False]
+    assert received == sent
+
+
+async def test_send_nowait_refuses_when_closed_or_not_a_socket() -> None:
+    async def handler(transport: Transport) -> None:
+        assert isinstance(transport, WebSocketTransport)
+        assert transport.send_nowait("open: written through")
+        await transport.aclose()
+        assert not transport.send_nowait("closed: refused")
+
+    with trio.fail_after(GUARD):
+        async with running_server(handler) as info:
+            client = await connect_websocket(info.url)
+            assert await client.receive_message() == "open: written through"
+            with pytest.raises(TransportBroken):
+                await client.receive_message()
+            await client.aclose()
+        # Over a memory stream there is no descriptor to write to: always refused.
+        _peer, server, _stream = await raw_peer_and_server()
+        assert not server.send_nowait("no socket")
