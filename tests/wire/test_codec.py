@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from arcp_trio.wire.codec import Envelope, decode, encode, encode_job_frame
+from arcp_trio.wire.codec import Envelope, decode, encode, encode_job_frame, encode_ping_frame
 from arcp_trio.wire.errors import (
     BudgetExhausted,
     ErrorCode,
@@ -18,8 +18,21 @@ from arcp_trio.wire.errors import (
     RemoteProtocolError,
     make_error,
 )
-from arcp_trio.wire.ids import is_envelope_id, is_trace_id, new_id, new_trace_id, new_ulid
-from arcp_trio.wire.messages import JobSubmit, MessageType, SessionError, parse_agent_ref
+from arcp_trio.wire.ids import (
+    is_envelope_id,
+    is_trace_id,
+    new_frame_id,
+    new_id,
+    new_trace_id,
+    new_ulid,
+)
+from arcp_trio.wire.messages import (
+    JobSubmit,
+    MessageType,
+    SessionError,
+    SessionPing,
+    parse_agent_ref,
+)
 from arcp_trio.wire.timestamps import format_timestamp, parse_timestamp
 
 
@@ -170,3 +183,23 @@ def test_hostile_envelopes_fail_cleanly(frame: dict[str, object]) -> None:
     except RemoteProtocolError as exc:
         outcome = exc.code
     assert outcome == ErrorCode.INVALID_REQUEST or hasattr(outcome, "payload")
+
+
+def test_ping_frame_fast_path_matches_the_general_encoder() -> None:
+    """§6.4 pings skip the converter; the bytes must not change because of that."""
+    ids = {"frame_id": new_frame_id(), "nonce": new_frame_id()}
+    fast = encode_ping_frame(
+        **ids, session_id="sess_01HZZZZZZZZZZZZZZZZZZZZZZZ", sent_at="2026-05-13T19:42:13.000Z"
+    )
+    slow = encode(
+        Envelope(
+            type=MessageType.SESSION_PING,
+            id=ids["frame_id"],
+            session_id="sess_01HZZZZZZZZZZZZZZZZZZZZZZZ",
+            payload=SessionPing(nonce=ids["nonce"], sent_at="2026-05-13T19:42:13.000Z"),
+        )
+    )
+    assert fast == slow
+    assert decode(fast).payload == SessionPing(
+        nonce=ids["nonce"], sent_at="2026-05-13T19:42:13.000Z"
+    )
