@@ -56,6 +56,10 @@ class OverflowNotice:
     evicted_count: int
 
 
+#: The empty buffer every ``EventBuffer`` starts with (never mutated).
+_NO_EVENTS: deque[BufferedEvent] = deque()
+
+
 class EventBuffer:
     """Per-session ordered buffer of stamped frames (sans-IO, synchronous)."""
 
@@ -63,7 +67,9 @@ class EventBuffer:
         if max_events < 1:
             raise ValueError("max_events must be >= 1")
         self.max_events = max_events
-        self._events: deque[BufferedEvent] = deque()
+        # Shared while empty (most sessions of an idle runtime): a deque costs over
+        # 600 bytes. Never mutated; ``_mutable`` swaps in a deque of our own first.
+        self._events: deque[BufferedEvent] = _NO_EVENTS
         self._last_seq = 0
         #: Highest seq the client acknowledged (§6.5).
         self.acked_through = 0
@@ -95,9 +101,14 @@ class EventBuffer:
                 f"event_seq must be gap-free: expected {self._last_seq + 1}, got {seq}"
             )
         self._last_seq = seq
-        self._events.append(BufferedEvent(seq, job_id, frame))
+        self._mutable().append(BufferedEvent(seq, job_id, frame))
         if len(self._events) > self.max_events:
             self._evict(len(self._events) - self.max_events)
+
+    def _mutable(self) -> deque[BufferedEvent]:
+        if self._events is _NO_EVENTS:
+            self._events = deque()
+        return self._events
 
     def _evict(self, count: int) -> None:
         for _ in range(count):
@@ -156,7 +167,7 @@ class EventBuffer:
         for before, after in itertools.pairwise(held):
             if after.seq != before.seq + 1:
                 raise ValueError(f"persisted events have a gap: {before.seq} -> {after.seq}")
-        buffer._events.extend(held)
+        buffer._mutable().extend(held)
         last = held[-1].seq if held else 0
         buffer._last_seq = max(last, acked_through, evicted_through)
         return buffer

@@ -148,3 +148,18 @@ def test_never_two_overflow_notices_at_once(cap: int, steps: list[int]) -> None:
                 buffer.append(seq, "job_A", "notice")
                 notices.add(seq)
             assert len({e.seq for e in buffer} & notices) <= 1
+
+
+def test_buffers_start_empty_and_never_share_what_they_hold() -> None:
+    """Empty buffers share one empty deque (idle sessions are cheap); the first append
+    gives a buffer its own, so nothing leaks between sessions."""
+    a, b = EventBuffer(max_events=4), EventBuffer(max_events=4)
+    assert len(a) == len(b) == 0
+    assert a.ack(0) == 0
+    a.append(a.next_seq(), "job_1", "frame-a")
+    assert [e.frame for e in a] == ["frame-a"]
+    assert list(b) == []
+    assert EventBuffer(max_events=4).replay_after(0) == []
+    b.append(b.next_seq(), "job_2", "frame-b")
+    assert [e.frame for e in a] == ["frame-a"]
+    assert [e.frame for e in b] == ["frame-b"]
