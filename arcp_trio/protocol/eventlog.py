@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import attrs
 
@@ -41,8 +41,9 @@ if TYPE_CHECKING:
 __all__ = ["BufferedEvent", "EventBuffer", "OverflowNotice"]
 
 
-@attrs.frozen
-class BufferedEvent:
+class BufferedEvent(NamedTuple):
+    """A stamped frame (a named tuple: one is built per event per session)."""
+
     seq: int
     job_id: str
     frame: str

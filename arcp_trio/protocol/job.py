@@ -25,7 +25,7 @@ import enum
 import hashlib
 import json
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import attrs
 
@@ -141,11 +141,14 @@ class Terminal:
         return MessageType.JOB_RESULT, payload
 
 
-@attrs.frozen
-class HistoryEntry:
-    """One job event as it left the agent: numbered in the job's own space."""
+class HistoryEntry(NamedTuple):
+    """One job event as it left the agent: numbered in the job's own space.
 
-    index: int
+    A named tuple rather than an attrs class: one is built per event, and a tuple is
+    the cheapest immutable record Python has.
+    """
+
+    number: int
     frame_id: str
     kind: str
     payload_json: str
@@ -224,8 +227,8 @@ class JobRecord:
 
     def history_after(self, index: int) -> tuple[list[HistoryEntry], int]:
         """Held events numbered above ``index``, and how many older ones were dropped."""
-        entries = [entry for entry in self.history if entry.index > index]
-        first_held = self.history[0].index if self.history else self.last_event_index + 1
+        entries = [entry for entry in self.history if entry.number > index]
+        first_held = self.history[0].number if self.history else self.last_event_index + 1
         missing = max(0, first_held - index - 1)
         return entries, missing
 

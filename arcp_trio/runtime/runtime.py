@@ -1186,11 +1186,11 @@ class Runtime:
         entry = job.record_event(frame_id, kind, payload_json)
         if self._store.durable:
             self._store.append_history(
-                StoredHistoryEntry(job.job_id, entry.index, frame_id, kind, payload_json)
+                StoredHistoryEntry(job.job_id, entry.number, frame_id, kind, payload_json)
             )
-            if entry.index > job.history_limit and entry.index % 1024 == 0:
+            if entry.number > job.history_limit and entry.number % 1024 == 0:
                 # Keep the file's copy of the history as bounded as the memory one.
-                self._store.trim_history(job.job_id, entry.index - job.history_limit)
+                self._store.trim_history(job.job_id, entry.number - job.history_limit)
         for session in self._watching_sessions(job):
             self._deliver_one(session, job, MessageType.JOB_EVENT, frame_id, payload_json)
 
@@ -1322,9 +1322,9 @@ class Runtime:
             job = self.jobs.get(entry.job_id)
             if job is not None:
                 job.history.append(
-                    HistoryEntry(entry.index, entry.frame_id, entry.kind, entry.payload_json)
+                    HistoryEntry(entry.number, entry.frame_id, entry.kind, entry.payload_json)
                 )
-                job.last_event_index = max(job.last_event_index, entry.index)
+                job.last_event_index = max(job.last_event_index, entry.number)
         events: dict[str, list[BufferedEvent]] = {}
         for event in recovered.events:
             events.setdefault(event.session_id, []).append(

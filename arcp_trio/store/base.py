@@ -13,7 +13,7 @@ immediate) and ``SQLiteStore`` (``store/sqlite.py``).
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import attrs
 import trio
@@ -39,18 +39,20 @@ class StoreError(InternalError):
     """
 
 
-@attrs.frozen
-class StoredEvent:
+class StoredEvent(NamedTuple):
+    """One stamped frame of a session's buffer (a tuple: it is the SQL row as is)."""
+
     session_id: str
     seq: int
     job_id: str
     frame: str
 
 
-@attrs.frozen
-class StoredHistoryEntry:
+class StoredHistoryEntry(NamedTuple):
+    """One event of a job's history (a tuple: it is the SQL row as is)."""
+
     job_id: str
-    index: int
+    number: int
     frame_id: str
     kind: str
     payload_json: str

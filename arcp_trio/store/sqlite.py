@@ -228,16 +228,13 @@ class SQLiteStore:
         self._enqueue(_DELETE_SESSION_EVENTS, (session_id,))
 
     def append_event(self, event: StoredEvent) -> None:
-        self._enqueue(_APPEND_EVENT, (event.session_id, event.seq, event.job_id, event.frame))
+        self._enqueue(_APPEND_EVENT, event)  # the named tuple is the row, in column order
 
     def trim_events(self, session_id: str, through_seq: int) -> None:
         self._enqueue(_TRIM_EVENTS, (session_id, through_seq))
 
     def append_history(self, entry: StoredHistoryEntry) -> None:
-        self._enqueue(
-            _APPEND_HISTORY,
-            (entry.job_id, entry.index, entry.frame_id, entry.kind, entry.payload_json),
-        )
+        self._enqueue(_APPEND_HISTORY, entry)  # the named tuple is the row, in column order
 
     def save_credential(
         self, credential_id: str, job_id: str, state: str, data: dict[str, Any]

@@ -329,7 +329,7 @@ class ProtocolMachine(RuleBasedStateMachine):
             job.events += 1
             payload = f'{{"kind":"log","body":{{"n":{job.events}}}}}'
             entry = job.record.record_event(f"f{job.events}", "log", payload)
-            assert entry.index == job.events
+            assert entry.number == job.events
             for session in self.sessions:
                 if job.record.job_id in session.watching:
                     self._deliver(session, job.record.job_id, f"{job.record.job_id}:{payload}")
@@ -364,7 +364,7 @@ class ProtocolMachine(RuleBasedStateMachine):
         job = self._job(job_index)
         entries, missing = job.record.history_after(after)
         held = list(range(max(1, job.events - self.history_limit + 1), job.events + 1))
-        assert [entry.index for entry in entries] == [i for i in held if i > after]
+        assert [entry.number for entry in entries] == [i for i in held if i > after]
         first_held = held[0] if held else job.events + 1
         assert missing == max(0, first_held - after - 1)
         if not job.finished:
@@ -432,7 +432,7 @@ class ProtocolMachine(RuleBasedStateMachine):
         for job in self.jobs:
             history = job.record.history
             assert len(history) <= self.history_limit
-            assert [entry.index for entry in history] == list(
+            assert [entry.number for entry in history] == list(
                 range(job.events - len(history) + 1, job.events + 1)
             )
             assert job.record.last_event_index == job.events
