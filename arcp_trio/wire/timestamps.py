@@ -40,8 +40,9 @@ def format_timestamp(moment: datetime) -> str:
         raise ValueError("timestamps must be timezone-aware")
     if moment.tzinfo is not UTC:
         moment = moment.astimezone(UTC)
-    # isoformat is several times faster than strftime; every event carries a ts.
-    return moment.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+    # isoformat is several times faster than strftime, and cutting its "+00:00" is
+    # faster than a naive copy; every event carries a ts.
+    return moment.isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 def parse_timestamp(text: str, *, require_utc: bool = False) -> datetime:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given
@@ -136,6 +137,14 @@ def test_timestamps() -> None:
         parse_timestamp("2026-05-13T23:42:00+02:00", require_utc=True)
     with pytest.raises(ValueError, match="timezone"):
         parse_timestamp("2026-05-13T23:42:00")
+
+
+@given(st.datetimes(timezones=st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30))])))
+def test_timestamps_are_utc_microseconds_with_z(moment: datetime) -> None:
+    text = format_timestamp(moment)
+    naive_utc = moment.astimezone(UTC).replace(tzinfo=None)
+    assert text == naive_utc.isoformat(timespec="microseconds") + "Z"  # RFC 3339
+    assert parse_timestamp(text, require_utc=True) == moment
 
 
 def test_agent_refs() -> None:
