@@ -22,6 +22,7 @@ from arcp_trio.transport.memory import MemoryTransport, memory_transport_pair
 from tests.helpers import TOKENS, Peer, connect, trio_wall_clock
 
 if TYPE_CHECKING:
+    from arcp_trio.runtime.connection import Connection
     from arcp_trio.runtime.runtime import Runtime
 
 GUARD = 1000
@@ -128,17 +129,26 @@ def test_granularity_must_not_be_negative() -> None:
 # -- connections on the shared timer -----------------------------------------------------
 
 
+async def attach(rt: Runtime, nursery: trio.Nursery) -> tuple[Peer, Connection]:
+    """A peer in a new session, and the runtime's live connection for it."""
+    peer, _ = await connect(rt, nursery)
+    await peer.hello()
+    return peer, live_connection(rt, peer)
+
+
+def live_connection(rt: Runtime, peer: Peer) -> Connection:
+    session = rt.session(peer.session_id)  # type: ignore[arg-type]
+    assert session is not None
+    assert session.connection is not None
+    return session.connection
+
+
 async def test_an_idle_connection_keeps_no_task_but_its_own(
     runtime: Runtime, nursery: trio.Nursery, autojump_clock: trio.abc.Clock
 ) -> None:
     """Receive runs in the connection's task; the writer only while frames wait; the
     heartbeat is a deadline in the runtime's timer — and pings still flow (§6.4)."""
-    peer, _ = await connect(runtime, nursery)
-    await peer.hello()
-    session = runtime.session(peer.session_id)  # type: ignore[arg-type]
-    assert session is not None
-    assert session.connection is not None
-    connection = session.connection
+    peer, connection = await attach(runtime, nursery)
     await trio.sleep(1)
     assert connection._nursery is not None
     assert connection._nursery.child_tasks == frozenset()
@@ -147,7 +157,7 @@ async def test_an_idle_connection_keeps_no_task_but_its_own(
         assert ping["type"] == "session.ping"
         await peer.send("session.pong", {"ping_nonce": ping["payload"]["nonce"]})
         assert connection._nursery.child_tasks == frozenset()
-    assert session.connection is connection
+    assert live_connection(runtime, peer) is connection
 
 
 async def test_a_failing_heartbeat_ends_only_its_connection(
@@ -160,14 +170,9 @@ async def test_a_failing_heartbeat_ends_only_its_connection(
     async with open_runtime(
         agents=demo_registry(), tokens=TOKENS, config=config, wall_clock=trio_wall_clock
     ) as rt:
-        victim, _ = await connect(rt, nursery)
-        await victim.hello()
-        bystander, _ = await connect(rt, nursery)
-        await bystander.hello()
-        victim_session = rt.session(victim.session_id)  # type: ignore[arg-type]
-        assert victim_session is not None
-        assert victim_session.connection is not None
-        connection = victim_session.connection
+        victim, connection = await attach(rt, nursery)
+        bystander, _ = await attach(rt, nursery)
+        victim_session = connection.session
 
         def failing() -> str:
             raise OSError("clock unavailable")
@@ -212,10 +217,7 @@ async def test_frames_routed_while_a_connection_ends_are_dropped_not_raised(
 
         nursery.start_soon(serve)
         await peer.hello()
-        session = runtime.session(peer.session_id)  # type: ignore[arg-type]
-        assert session is not None
-        connection = session.connection
-        assert connection is not None
+        connection = live_connection(runtime, peer)
         for i in range(3):
             connection.enqueue(f'{{"filler":{i}}}')  # the writer blocks: nobody reads
         await trio.testing.wait_all_tasks_blocked()
