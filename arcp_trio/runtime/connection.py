@@ -34,7 +34,13 @@ from typing import TYPE_CHECKING
 import trio
 
 from ..protocol.session import HeartbeatAction, HeartbeatMonitor
-from ..transport.base import MessageTooLarge, SendsNowait, Transport, TransportError
+from ..transport.base import (
+    MessageTooLarge,
+    ReceivesInline,
+    SendsNowait,
+    Transport,
+    TransportError,
+)
 from ..transport.outbox import Outbox
 from ..wire.codec import Envelope, decode, encode, encode_ping_frame
 from ..wire.errors import ARCPError, ErrorCode, RemoteProtocolError
@@ -51,6 +57,9 @@ __all__ = ["Connection"]
 
 log = logging.getLogger(__name__)
 
+#: What every ``session.pong`` frame contains (a cheap test before decoding one).
+_PONG_TYPE = '"session.pong"'
+
 
 class Connection:
     """A session's current transport, with its outbox. Built by the runtime."""
@@ -63,6 +72,7 @@ class Connection:
         "_nursery",
         "_scope",
         "_timers",
+        "_welcome_answered",
         "_writer_active",
         "close_reason",
         "monitor",
@@ -79,6 +89,7 @@ class Connection:
         session: Session,
         transport: Transport,
         dispatch: Callable[[Connection, Envelope], Awaitable[None]],
+        welcome_answered: Callable[[Connection], None],
         timers: Timers,
         heartbeat_interval: float | None,
         high_water: int,
@@ -87,6 +98,7 @@ class Connection:
         self.session = session
         self.transport = transport
         self._dispatch = dispatch
+        self._welcome_answered = welcome_answered
         self._timers = timers
         self._format_ping_time = format_ping_time
         self.outbox = Outbox(high_water=high_water)
@@ -217,9 +229,13 @@ class Connection:
                     self._heartbeat = self._timers.call_at(
                         self.monitor.next_wakeup(), self._on_heartbeat
                     )
+                    if isinstance(self.transport, ReceivesInline):
+                        self.transport.set_inline_handler(self._inline)
                 try:
                     await self._guard(self._receive_loop, "receive")
                 finally:
+                    if isinstance(self.transport, ReceivesInline):
+                        self.transport.set_inline_handler(None)
                     # Closed before the nursery starts closing: from here no frame is
                     # queued and no writer started (producers are job tasks: they must
                     # never meet a closed nursery).
@@ -314,6 +330,28 @@ class Connection:
                     ARCPError("internal error handling request", code=ErrorCode.INTERNAL_ERROR),
                     request_id=envelope.id,
                 )
+
+    def _inline(self, text: str) -> bool:
+        """A frame as it arrives (``ReceivesInline``, in the reader's task).
+
+        Notes liveness and takes a ``session.pong`` whole: §6.4 asks nothing more of
+        it, so an idle session's heartbeat never wakes this connection's task. Every
+        other frame, and a pong that does not decode, is left to the receive loop.
+        Never raises.
+        """
+        monitor = self.monitor
+        if monitor is not None:
+            monitor.received(trio.current_time())
+        if len(text) > 1024 or _PONG_TYPE not in text:
+            return False
+        try:
+            if decode(text).type != MessageType.SESSION_PONG:
+                return False
+        except RemoteProtocolError:
+            return False  # the receive loop answers it with INVALID_REQUEST
+        if not self.token_confirmed:
+            self._welcome_answered(self)  # as the dispatcher does for any first frame
+        return True
 
     # -- heartbeat (a callback of the runtime's Timers) ----------------------------------
 

@@ -495,6 +495,7 @@ class Runtime:
             session=session,
             transport=transport,
             dispatch=self._dispatch,
+            welcome_answered=self._welcome_answered,
             timers=self._timers,
             heartbeat_interval=heartbeat,
             high_water=self.config.backpressure_high_water,
@@ -570,15 +571,18 @@ class Runtime:
 
     # == dispatch ================================================================================
 
-    async def _dispatch(self, connection: Connection, envelope: Envelope) -> None:
+    def _welcome_answered(self, connection: Connection) -> None:
+        """The client's first frame on a connection answers its welcome: the client
+        holds the token that welcome carried, and the older ones stop resuming."""
+        connection.token_confirmed = True
         session = connection.session
+        if session.connection is connection:
+            session.confirm_token(connection.token_hash)
+            self._save_session(session)
+
+    async def _dispatch(self, connection: Connection, envelope: Envelope) -> None:
         if not connection.token_confirmed:
-            # The client answers the welcome: it holds the token that welcome carried,
-            # and the older ones stop resuming.
-            connection.token_confirmed = True
-            if session.connection is connection:
-                session.confirm_token(connection.token_hash)
-                self._save_session(session)
+            self._welcome_answered(connection)
         handler = self._dispatch_table.get(envelope.type)
         if handler is None:
             raise InvalidRequest(f"{envelope.type} is sent by runtimes, not clients")

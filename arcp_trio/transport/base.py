@@ -23,11 +23,12 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from arcp_trio.wire.errors import ARCPError
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
     "MessageTooLarge",
+    "ReceivesInline",
     "SendsNowait",
     "Transport",
     "TransportBroken",
@@ -144,6 +145,20 @@ class SendsNowait(Protocol):
     @property
     def write_pending(self) -> bool:
         """Bytes taken by ``send_nowait`` wait for the next ``send_messages`` call."""
+        ...
+
+
+@runtime_checkable
+class ReceivesInline(Protocol):
+    """A transport that can offer messages to a handler as they arrive (optional).
+
+    The runtime's connections take heartbeat pongs this way (§6.4): on a server
+    reading through a ``ReadReactor`` a pong then never wakes the connection's task.
+    """
+
+    def set_inline_handler(self, handler: Callable[[str], bool] | None) -> None:
+        """``handler(text)`` sees each whole message that arrives with nothing queued
+        ahead of it, synchronously; True: handled, ``receive_message`` skips it."""
         ...
 
 

@@ -23,12 +23,17 @@ may have left a torn frame on the wire, so the transport is marked broken and th
 stream closed: nothing is ever written after a torn frame.
 
 *Receiving.* One task at a time reads 64 KiB chunks, feeds wsproto and queues the
-resulting events in ``_events``. Message fragments are joined until
-``message_finished``; once a message's size passes ``max_message_size`` its bytes are
-counted and dropped instead of buffered, and ``MessageTooLarge`` is raised when it
-ends, leaving the transport usable. Pings are answered; a close frame from the peer is
-answered and ends the transport (``TransportBroken``); bytes wsproto cannot parse end
-it too, after a close frame with wsproto's code (1002, 1007, ...).
+resulting events in ``_events``. A server transport given a ``ReadReactor`` does not
+read in its task: the reactor reads for it when the socket is readable, and
+complete text messages that arrive while nothing is queued go first to the inline
+handler (``set_inline_handler``) if one is set; what the handler takes never wakes
+the receiving task (a heartbeat pong, §6.4), the rest is queued for it. Message
+fragments are joined until ``message_finished``; once a message's size passes
+``max_message_size`` its bytes are counted and dropped instead of buffered, and
+``MessageTooLarge`` is raised when it ends, leaving the transport usable. Pings are
+answered; a close frame from the peer is answered and ends the transport
+(``TransportBroken``); bytes wsproto cannot parse end it too, after a close frame with
+wsproto's code (1002, 1007, ...).
 
 *Closing.* ``aclose`` sends a close frame, then waits for the peer's close frame (or
 EOF) before closing the stream (RFC 6455 §7.1.1): closing a socket with unread data
@@ -77,6 +82,7 @@ from arcp_trio.transport.base import (
     TransportState,
     utf8_size,
 )
+from arcp_trio.transport.reactor import ReadReactor, reactor_available
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -132,6 +138,7 @@ class WebSocketTransport(TransportState):
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
         description: str = "ws",
         pending_events: Iterable[Event] = (),
+        reactor: ReadReactor | None = None,
     ) -> None:
         if connection.state is not ConnectionState.OPEN:
             raise ValueError(f"the WebSocket must be OPEN, not {connection.state.name}")
@@ -170,6 +177,15 @@ class WebSocketTransport(TransportState):
         self._eof = False
         self._receiving = False
         self._close_seen = trio.Event()
+        # Reads by the reactor (server sockets only): see the module docstring.
+        self._reactor: ReadReactor | None = None
+        self._inline: Callable[[str], bool] | None = None
+        self._data_ready: trio.Event | None = None
+        self._read_error: str | None = None
+        if reactor is not None and not ws.client and isinstance(stream, trio.SocketStream):
+            self._reactor = reactor
+            self._read_fd = stream.socket.fileno()
+            reactor.register(self._read_fd, self._on_readable)
 
     # -- errors ---------------------------------------------------------------------------
 
@@ -192,6 +208,9 @@ class WebSocketTransport(TransportState):
     async def _close_stream(self) -> None:
         if not self._stream_closed:
             self._stream_closed = True
+            if self._reactor is not None:
+                self._reactor.unregister(self._read_fd)
+                self._wake_reader()
             await trio.aclose_forcefully(self._stream)
 
     # -- sending --------------------------------------------------------------------------
@@ -333,6 +352,9 @@ class WebSocketTransport(TransportState):
 
     async def _read_more(self) -> None:
         """Read one chunk and queue the events it produces."""
+        if self._reactor is not None and not self._reactor.closed:
+            await self._reactor_read()
+            return
         try:
             data = await self._stream.receive_some(RECEIVE_CHUNK)
         except trio.ClosedResourceError as exc:
@@ -347,6 +369,111 @@ class WebSocketTransport(TransportState):
             self._events[:0] = list(self._ws.events())[::-1]
         except (LocalProtocolError, RemoteProtocolError) as exc:
             await self._fail(f"{self._description}: WebSocket protocol error: {exc}")
+
+    # -- receiving through the reactor ------------------------------------------------------
+
+    def set_inline_handler(self, handler: Callable[[str], bool] | None) -> None:
+        """Offer complete text messages to ``handler`` as they arrive (reactor only).
+
+        ``handler(text)`` runs synchronously in the reactor's task, for a message
+        that arrived whole while nothing was queued ahead of it; True means it was
+        handled and ``receive_message`` will not return it. It must not raise or
+        block. Without a reactor this does nothing.
+        """
+        self._inline = handler
+
+    def _wake_reader(self) -> None:
+        if self._reactor is not None:
+            self._reactor.pause(self._read_fd)
+        if self._data_ready is not None:
+            self._data_ready.set()
+
+    async def _reactor_read(self) -> None:
+        """Wait for the reactor to queue events (or record why it cannot)."""
+        if self._stream_closed:
+            raise self._unusable_error()
+        reactor = self._reactor
+        assert reactor is not None
+        if self._read_error is None and not self._eof:
+            ready = self._data_ready = trio.Event()
+            reactor.resume(self._read_fd)
+            try:
+                await ready.wait()
+            finally:
+                self._data_ready = None
+            if reactor.closed and not self._events:
+                return  # the caller reads again, from the socket this time
+        if self._stream_closed:
+            raise self._unusable_error()
+        if self._read_error is not None:
+            await self._fail(self._read_error)
+        if self._eof and not self._events:
+            await self._fail(f"{self._description}: {self._ended}")
+
+    def _on_readable(self) -> None:
+        """The reactor's callback: read what is there, parse it, route it.
+
+        Never raises: whatever goes wrong is recorded for the receiving task, which
+        it wakes (a reactor that had to catch it could only stop reading).
+        """
+        try:
+            self._read_ready()
+        except Exception as exc:
+            log.error("websocket read failed peer=%s", self._description, exc_info=True)
+            self._read_error = f"{self._description}: read failed: {exc!r}"
+            self._wake_reader()
+
+    def _offer_inline(self, inline: Callable[[str], bool], event: Event) -> bool:
+        if not (
+            isinstance(event, TextMessage)
+            and event.message_finished
+            and utf8_size(event.data) <= self._max_message_size
+        ):
+            return False
+        try:
+            return inline(event.data)
+        except Exception:
+            log.error("inline handler failed peer=%s", self._description, exc_info=True)
+            return False
+
+    def _read_ready(self) -> None:
+        if self._reactor is None or self._reactor.closed:
+            self._wake_reader()  # the reader reads for itself from now on
+            return
+        try:
+            data = os.read(self._read_fd, RECEIVE_CHUNK)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._read_error = f"{self._description}: receive failed: {exc!r}"
+            self._wake_reader()
+            return
+        if not data:
+            self._eof = True
+        try:
+            # None tells wsproto the stream ended: it queues CloseConnection(1006).
+            self._ws.receive_data(data or None)
+            events = list(self._ws.events())
+        except (LocalProtocolError, RemoteProtocolError) as exc:
+            self._read_error = f"{self._description}: WebSocket protocol error: {exc}"
+            self._wake_reader()
+            return
+        inline = self._inline
+        if (
+            inline is not None
+            and not self._events
+            and not self._text_parts
+            and not self._byte_parts
+            and not self._discarding
+        ):
+            taken = 0
+            # Only whole messages with nothing unhandled before them: order holds.
+            while taken < len(events) and self._offer_inline(inline, events[taken]):
+                taken += 1
+            del events[:taken]
+        if events or self._eof:
+            self._events[:0] = events[::-1]
+            self._wake_reader()
 
     async def _handle_event(self, event: Event) -> str | None:
         if isinstance(event, (TextMessage, BytesMessage)):
@@ -513,6 +640,7 @@ async def websocket_server_handshake(
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
     description: str = "ws",
+    reactor: ReadReactor | None = None,
 ) -> WebSocketTransport | None:
     """Answer a client's opening handshake on ``stream``.
 
@@ -521,7 +649,8 @@ async def websocket_server_handshake(
     accepted (in particular not permessage-deflate, which ``websockets`` offers).
 
     Returns:
-        The transport, or ``None`` if the request was refused (the caller closes the
+        The transport (reading through ``reactor`` when one is given and ``stream``
+        is a socket), or ``None`` if the request was refused (the caller closes the
         stream).
 
     Raises:
@@ -565,6 +694,7 @@ async def websocket_server_handshake(
         max_message_size=max_message_size,
         close_timeout=close_timeout,
         description=description,
+        reactor=reactor,
     )
 
 
@@ -772,6 +902,7 @@ async def serve_websocket_transport(
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     handshake_timeout: float = 10.0,
     close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+    use_reactor: bool = True,
     task_status: trio.TaskStatus[WebSocketServerInfo] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Accept WebSocket connections on ``ws://host:port{path}`` until cancelled.
@@ -784,6 +915,10 @@ async def serve_websocket_transport(
 
     ``task_status.started`` receives a :class:`WebSocketServerInfo` with the bound
     port (``port=0`` picks a free one).
+
+    ``use_reactor``: on Linux one task reads every connection's socket
+    (:mod:`arcp_trio.transport.reactor`), so idle connections cost no wake-ups; False
+    makes each connection's task read its own socket.
 
     Cancellation: stops accepting and cancels every connection's task.
     """
@@ -811,6 +946,7 @@ async def serve_websocket_transport(
                     max_message_size=max_message_size,
                     close_timeout=close_timeout,
                     description=description,
+                    reactor=reactor,
                 )
             if transport is None:
                 log.info("websocket handshake timed out or refused peer=%s", peer)
@@ -829,6 +965,11 @@ async def serve_websocket_transport(
         finally:
             await trio.aclose_forcefully(stream)
 
+    # One task reads every connection's socket (Linux); elsewhere each reads its own.
+    reactor = ReadReactor() if use_reactor and reactor_available() else None
     log.info("serving websocket url=%s", info.url)
-    task_status.started(info)
-    await trio.serve_listeners(serve_connection, listeners)
+    async with trio.open_nursery() as nursery:
+        if reactor is not None:
+            nursery.start_soon(reactor.run)
+        task_status.started(info)
+        await trio.serve_listeners(serve_connection, listeners)

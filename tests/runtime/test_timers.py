@@ -7,7 +7,7 @@ Rules: MockClock (autojump); in-memory transports for the runtime tests.
 from __future__ import annotations
 
 from functools import partial
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 import trio
@@ -16,12 +16,18 @@ import trio.testing
 from arcp_trio.demo_agents import demo_registry
 from arcp_trio.runtime.config import RuntimeConfig
 from arcp_trio.runtime.runtime import open_runtime
+from arcp_trio.runtime.serve import serve_websocket
+from arcp_trio.runtime.session import hash_token
 from arcp_trio.runtime.timers import Timers
 from arcp_trio.transport.base import TransportBroken
 from arcp_trio.transport.memory import MemoryTransport, memory_transport_pair
+from arcp_trio.transport.reactor import reactor_available
+from arcp_trio.transport.websocket import connect_websocket
 from tests.helpers import TOKENS, Peer, connect, trio_wall_clock
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from arcp_trio.runtime.connection import Connection
     from arcp_trio.runtime.runtime import Runtime
 
@@ -230,3 +236,55 @@ async def test_frames_routed_while_a_connection_ends_are_dropped_not_raised(
         with trio.fail_after(GUARD):
             await done.wait()
         assert connection.closed
+
+
+@pytest.mark.skipif(not reactor_available(), reason="the read reactor needs epoll")
+async def test_pongs_are_taken_inline_and_answer_the_welcome() -> None:
+    """§6.4 over a real WebSocket: a pong is taken by the reactor's inline handler
+    (the connection's task is not woken) and, as the client's first frame, confirms
+    the resume token the welcome carried (§6.3); a malformed pong still gets
+    INVALID_REQUEST from the receive loop."""
+    config = RuntimeConfig(heartbeat_interval_sec=1, resume_window_sec=60)
+    with trio.fail_after(10):
+        async with (
+            open_runtime(
+                agents=demo_registry(), tokens=TOKENS, config=config, wall_clock=trio_wall_clock
+            ) as rt,
+            trio.open_nursery() as nursery,
+        ):
+            info = await nursery.start(serve_websocket, rt, "127.0.0.1", 0)
+            client = await connect_websocket(info.url)
+            peer = Peer(client)
+            await peer.hello()
+            session = rt.session(peer.session_id)  # type: ignore[arg-type]
+            assert session is not None
+            connection = session.connection
+            assert connection is not None
+            assert session.confirmed_token_hash == ""
+            ping = await peer.recv()
+            assert ping["type"] == "session.ping"
+            taken = _count_inline_takes(connection)
+            await peer.send("session.pong", {"ping_nonce": ping["payload"]["nonce"]})
+            await taken.wait()
+            assert session.confirmed_token_hash == hash_token(peer.resume_token or "")
+            await peer.send_raw('{"type":"session.pong","id":"nope","payload":{}}')
+            error = await peer.recv_type("session.error")
+            assert error["payload"]["code"] == "INVALID_REQUEST"
+            await client.aclose()
+            nursery.cancel_scope.cancel()
+
+
+def _count_inline_takes(connection: Connection) -> trio.Event:
+    """Wrap the connection's inline handler: the event is set once it took a frame."""
+    transport: Any = connection.transport
+    original: Callable[[str], bool] = transport._inline
+    taken = trio.Event()
+
+    def counting(text: str) -> bool:
+        result = original(text)
+        if result:
+            taken.set()
+        return result
+
+    transport.set_inline_handler(counting)
+    return taken

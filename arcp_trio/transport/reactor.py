@@ -1,0 +1,122 @@
+"""One task that reads every server socket: idle connections cost no wake-ups.
+
+Theory of operation
+-------------------
+Each WebSocket connection's task waits for its peer's next message. If that wait
+were on the socket (``SocketStream.receive_some``), every inbound frame would cost
+a scheduler wake-up of that task and two ``epoll_ctl`` calls — even a heartbeat's
+``session.pong`` (§6.4), which needs nothing but a note that the peer is alive.
+With a thousand idle sessions that is most of the runtime's idle CPU.
+
+A ``ReadReactor`` keeps the server's sockets in an epoll set of its own (Linux) and
+one task (``run``) sleeps on that set's descriptor. When sockets become readable it
+wakes once for all of them and calls each one's callback synchronously; the
+transport reads what is there, parses it, hands messages its owner can take on the
+spot (``WebSocketTransport.set_inline_handler``) to that handler, and wakes its
+receiving task only for the rest. A socket whose transport has queued messages is
+*paused* (left out of the set) until its task has taken them, so a fast sender is
+read one chunk at a time, as with a per-task read, and memory stays bounded.
+
+A callback that raises is logged and its socket paused; the transport learns of it
+through its callback's own error handling (see ``WebSocketTransport._on_readable``).
+The reactor itself never dies of one connection. When ``run`` ends (the server is
+cancelled), every callback runs once more with ``closed`` set, and transports read
+their own sockets again, so closing handshakes still complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import select
+import sys
+from typing import TYPE_CHECKING
+
+import trio
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["ReadReactor", "reactor_available"]
+
+log = logging.getLogger(__name__)
+
+#: Sockets served per wake-up at most (the rest stay ready for the next pass).
+_BATCH = 512
+
+
+def reactor_available() -> bool:
+    """Whether this platform has epoll (the reactor's only requirement)."""
+    return sys.platform.startswith("linux") and hasattr(select, "epoll")
+
+
+class ReadReactor:
+    """Readiness callbacks for many sockets, served by one task (``run``)."""
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll()
+        self._callbacks: dict[int, Callable[[], None]] = {}
+        self._active: set[int] = set()
+        #: After ``run`` ended: transports read their sockets themselves again.
+        self.closed = False
+        self.wakeups = 0
+        self.callbacks_run = 0
+
+    def register(self, fd: int, callback: Callable[[], None]) -> None:
+        """Watch ``fd`` (paused until ``resume``); ``callback`` runs when it is readable."""
+        self._callbacks[fd] = callback
+        self._epoll.register(fd, 0)
+
+    def unregister(self, fd: int) -> None:
+        """Stop watching ``fd`` (before it is closed). Idempotent."""
+        if self._callbacks.pop(fd, None) is not None:
+            self._active.discard(fd)
+            with contextlib.suppress(OSError):  # closed already: the kernel dropped it
+                self._epoll.unregister(fd)
+
+    def resume(self, fd: int) -> None:
+        if fd in self._callbacks and fd not in self._active:
+            self._epoll.modify(fd, select.EPOLLIN)
+            self._active.add(fd)
+
+    def pause(self, fd: int) -> None:
+        if fd in self._active:
+            self._active.discard(fd)
+            self._epoll.modify(fd, 0)
+
+    def close(self) -> None:
+        """Stop serving: every callback runs once more (seeing ``closed``), so a
+        transport waiting for data goes back to reading its socket itself."""
+        if self.closed:
+            return
+        self.closed = True
+        callbacks = list(self._callbacks.values())
+        self._callbacks.clear()
+        self._active.clear()
+        self._epoll.close()
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                log.error("read callback failed at close", exc_info=True)
+
+    async def run(self) -> None:
+        """Serve readiness until cancelled; closes the epoll set on the way out."""
+        try:
+            while True:
+                await trio.lowlevel.wait_readable(self._epoll.fileno())
+                self.wakeups += 1
+                for fd, _mask in self._epoll.poll(0, _BATCH):
+                    callback = self._callbacks.get(fd)
+                    if callback is None or fd not in self._active:
+                        continue
+                    self.callbacks_run += 1
+                    try:
+                        callback()
+                    except Exception:
+                        log.error("read callback failed fd=%s", fd, exc_info=True)
+                        self.pause(fd)
+                # Ready sockets beyond the batch wait for the next pass; others run first.
+                await trio.lowlevel.cancel_shielded_checkpoint()
+        finally:
+            self.close()

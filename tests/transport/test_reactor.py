@@ -1,0 +1,203 @@
+"""The read reactor: one task reads every server socket (Linux).
+
+Rules: real sockets on 127.0.0.1 under ``fail_after``. The runtime's use of it (pongs
+taken inline) is tested in ``tests/runtime/test_timers.py``.
+"""
+
+from __future__ import annotations
+
+import socket
+from functools import partial
+
+import pytest
+import trio
+import trio.testing
+
+from arcp_trio.transport.base import ReceivesInline, Transport, TransportBroken
+from arcp_trio.transport.reactor import ReadReactor, reactor_available
+from arcp_trio.transport.websocket import (
+    WebSocketTransport,
+    connect_websocket,
+    websocket_server_handshake,
+)
+from tests.transport.test_websocket import running_server
+
+pytestmark = pytest.mark.skipif(not reactor_available(), reason="the reactor needs epoll")
+
+GUARD = 10
+
+
+async def test_callbacks_run_only_while_resumed_and_once_more_at_close() -> None:
+    reactor = ReadReactor()
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    calls: list[bool] = []
+    called = trio.Event()
+
+    def readable() -> None:
+        calls.append(reactor.closed)
+        called.set()
+        if not reactor.closed:
+            a.recv(100)
+
+    with trio.fail_after(GUARD), a, b:
+        async with trio.open_nursery() as nursery:
+            reactor.register(a.fileno(), readable)
+            nursery.start_soon(reactor.run)
+            b.send(b"x")
+            await trio.sleep(0.05)
+            assert calls == []  # registered paused
+            reactor.resume(a.fileno())
+            await called.wait()
+            assert calls == [False]
+            reactor.pause(a.fileno())
+            b.send(b"y")
+            await trio.sleep(0.05)
+            assert calls == [False]
+            nursery.cancel_scope.cancel()
+        assert calls == [False, True]  # close tells every transport to read for itself
+        reactor.unregister(a.fileno())  # idempotent, also after close
+        reactor.unregister(a.fileno())
+
+
+async def test_a_failing_callback_is_paused_and_the_others_still_run(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    reactor = ReadReactor()
+    bad, bad_peer = socket.socketpair()
+    good, good_peer = socket.socketpair()
+    good.setblocking(False)
+    got: list[bytes] = []
+    arrivals = [trio.Event(), trio.Event()]
+
+    def explode() -> None:
+        raise RuntimeError("boom")
+
+    def collect() -> None:
+        if not reactor.closed:  # the last call, at close, has nothing to read
+            got.append(good.recv(100))
+            arrivals[len(got) - 1].set()
+
+    with trio.fail_after(GUARD), bad, bad_peer, good, good_peer:
+        async with trio.open_nursery() as nursery:
+            reactor.register(bad.fileno(), explode)
+            reactor.register(good.fileno(), collect)
+            reactor.resume(bad.fileno())
+            reactor.resume(good.fileno())
+            nursery.start_soon(reactor.run)
+            bad_peer.send(b"x")
+            good_peer.send(b"1")
+            await arrivals[0].wait()
+            good_peer.send(b"2")
+            await arrivals[1].wait()
+            nursery.cancel_scope.cancel()
+    assert got == [b"1", b"2"]
+    assert [r for r in caplog.records if "read callback failed" in r.message]
+
+
+async def test_inline_handler_takes_whole_messages_in_order() -> None:
+    """What the handler takes is never returned; a message queued behind one it did
+    not take stays behind it (order is kept)."""
+    offered: list[str] = []
+    received: list[str] = []
+    seen_two = trio.Event()
+
+    def inline(text: str) -> bool:
+        offered.append(text)
+        if text == "inline 2":
+            seen_two.set()
+        return text.startswith("inline")
+
+    async def handler(transport: Transport) -> None:
+        assert isinstance(transport, ReceivesInline)
+        transport.set_inline_handler(inline)
+        while True:
+            message = await transport.receive_message()
+            received.append(message)
+            if message == "last":
+                return
+
+    with trio.fail_after(GUARD):
+        async with running_server(handler) as info:
+            client = await connect_websocket(info.url)
+            await client.send_message("inline 1")
+            await client.send_message("inline 2")
+            await seen_two.wait()
+            # One write: the second message is queued behind the first, not offered.
+            await client.send_messages(["for the task", "inline 3"])
+            await client.send_message("last")
+            with pytest.raises(TransportBroken):  # the server closes after "last"
+                await client.receive_message()
+            await client.aclose()
+    assert offered[:2] == ["inline 1", "inline 2"]
+    assert "inline 3" not in offered
+    assert received == ["for the task", "inline 3", "last"]
+
+
+async def test_a_fast_sender_is_read_one_chunk_at_a_time() -> None:
+    """While the task has queued messages the socket is paused: memory stays bounded
+    and nothing is lost or reordered."""
+    most_queued = 0
+    received: list[str] = []
+    messages = [f"{i:06d}" + "x" * 1000 for i in range(2000)]  # about 2 MB
+    release = trio.Event()
+    all_received = trio.Event()
+
+    async def handler(transport: Transport) -> None:
+        nonlocal most_queued
+        assert isinstance(transport, WebSocketTransport)
+        received.append(await transport.receive_message())
+        await release.wait()  # the client keeps sending meanwhile
+        while len(received) < len(messages):
+            most_queued = max(most_queued, len(transport._events))
+            received.append(await transport.receive_message())
+        all_received.set()
+
+    with trio.fail_after(GUARD * 3):
+        async with running_server(handler) as info:
+            client = await connect_websocket(info.url)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(client.send_messages, messages)
+                await trio.sleep(0.2)
+                release.set()
+            await all_received.wait()
+            await client.aclose()
+    assert received == messages
+    assert most_queued <= 70  # one 64 KiB read holds at most ~64 of these frames
+
+
+async def test_transports_read_for_themselves_once_the_reactor_is_gone() -> None:
+    reactor = ReadReactor()
+    received: list[str] = []
+    reactor_gone, both = trio.Event(), trio.Event()
+
+    async def handler(stream: trio.SocketStream) -> None:
+        transport = await websocket_server_handshake(stream, reactor=reactor)
+        assert transport is not None
+        received.append(await transport.receive_message())
+        reactor_scope.cancel()  # the reactor ends while this transport lives on
+        received.append(await transport.receive_message())
+        both.set()
+        await transport.aclose()
+
+    with trio.fail_after(GUARD):
+        async with trio.open_nursery() as nursery:
+            reactor_scope = trio.CancelScope()
+
+            async def run_reactor() -> None:
+                with reactor_scope:
+                    await reactor.run()
+                reactor_gone.set()
+
+            nursery.start_soon(run_reactor)
+            listeners = await nursery.start(partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
+            port = listeners[0].socket.getsockname()[1]
+            client = await connect_websocket(f"ws://127.0.0.1:{port}/arcp")
+            await client.send_message("through the reactor")
+            await reactor_gone.wait()
+            assert reactor.closed
+            await client.send_message("read by the task itself")
+            await both.wait()
+            await client.aclose()
+            nursery.cancel_scope.cancel()
+    assert received == ["through the reactor", "read by the task itself"]
