@@ -63,26 +63,26 @@ class ReadReactor:
         self.callbacks_run = 0
 
     def register(self, fd: int, callback: Callable[[], None]) -> None:
-        """Watch ``fd`` (paused until ``resume``); ``callback`` runs when it is readable."""
+        """Know ``fd`` (paused until ``resume``); ``callback`` runs when it is readable."""
         self._callbacks[fd] = callback
-        self._epoll.register(fd, 0)
 
     def unregister(self, fd: int) -> None:
-        """Stop watching ``fd`` (before it is closed). Idempotent."""
-        if self._callbacks.pop(fd, None) is not None:
-            self._active.discard(fd)
-            with contextlib.suppress(OSError):  # closed already: the kernel dropped it
-                self._epoll.unregister(fd)
+        """Forget ``fd`` (before it is closed). Idempotent."""
+        self.pause(fd)
+        self._callbacks.pop(fd, None)
 
     def resume(self, fd: int) -> None:
-        if fd in self._callbacks and fd not in self._active:
-            self._epoll.modify(fd, select.EPOLLIN)
+        if not self.closed and fd in self._callbacks and fd not in self._active:
+            self._epoll.register(fd, select.EPOLLIN)
             self._active.add(fd)
 
     def pause(self, fd: int) -> None:
-        if fd in self._active:
+        # Out of the set, not just masked: epoll reports a hang-up whatever the mask,
+        # and a paused socket's hang-up would wake this task over and over.
+        if not self.closed and fd in self._active:
             self._active.discard(fd)
-            self._epoll.modify(fd, 0)
+            with contextlib.suppress(OSError):  # closed already: the kernel dropped it
+                self._epoll.unregister(fd)
 
     def close(self) -> None:
         """Stop serving: every callback runs once more (seeing ``closed``), so a

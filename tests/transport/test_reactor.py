@@ -60,6 +60,23 @@ async def test_callbacks_run_only_while_resumed_and_once_more_at_close() -> None
         reactor.unregister(a.fileno())
 
 
+async def test_a_paused_socket_that_hangs_up_does_not_wake_the_reactor() -> None:
+    """epoll reports a hang-up whatever the mask: a paused socket must be out of the
+    set, or its task's slow work would turn the reactor into a busy loop."""
+    reactor = ReadReactor()
+    a, b = socket.socketpair()
+    with trio.fail_after(GUARD), a:
+        async with trio.open_nursery() as nursery:
+            reactor.register(a.fileno(), lambda: None)
+            reactor.resume(a.fileno())
+            reactor.pause(a.fileno())
+            nursery.start_soon(reactor.run)
+            b.close()  # the peer hangs up while the socket is paused
+            await trio.sleep(0.2)
+            assert reactor.wakeups == 0
+            nursery.cancel_scope.cancel()
+
+
 async def test_a_failing_callback_is_paused_and_the_others_still_run(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
