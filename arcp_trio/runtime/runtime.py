@@ -84,7 +84,13 @@ from ..wire.messages import (
     SessionResume,
     SessionWelcome,
 )
-from ..wire.timestamps import WallClock, format_timestamp, parse_timestamp, system_wall_clock
+from ..wire.timestamps import (
+    WallClock,
+    format_timestamp,
+    parse_timestamp,
+    system_timestamp,
+    system_wall_clock,
+)
 from .auth import BearerAuth
 from .config import RuntimeConfig
 from .connection import Connection
@@ -203,6 +209,13 @@ class Runtime:
         self.config = config
         self._auth = auth
         self._wall_clock = wall_clock
+        #: ``format_timestamp(wall_clock())``: every event carries one, so the system
+        #: clock gets the fast path.
+        self._timestamp: Callable[[], str] = (
+            system_timestamp
+            if wall_clock is system_wall_clock
+            else lambda: format_timestamp(wall_clock())
+        )
         self._observe_policy = observe_policy
         self._job_nursery = job_nursery
         self._session_nursery = session_nursery
@@ -499,7 +512,7 @@ class Runtime:
             timers=self._timers,
             heartbeat_interval=heartbeat,
             high_water=self.config.backpressure_high_water,
-            format_ping_time=lambda: format_timestamp(self._wall_clock()),
+            format_ping_time=self._timestamp,
         )
         token = session.rotate_token()
         connection.token_hash = session.token_hash
@@ -522,7 +535,7 @@ class Runtime:
                 capabilities=Capabilities(
                     encodings=["json"], features=list(self.features), agents=agents
                 ),
-                accepted_at=format_timestamp(self._wall_clock()),
+                accepted_at=self._timestamp(),
             ),
         )
         for frame in replay:
@@ -614,7 +627,7 @@ class Runtime:
         ping: SessionPing = envelope.payload
         connection.reply(
             MessageType.SESSION_PONG,
-            SessionPong(ping_nonce=ping.nonce, received_at=format_timestamp(self._wall_clock())),
+            SessionPong(ping_nonce=ping.nonce, received_at=self._timestamp()),
         )
 
     def _on_pong(self, connection: Connection, envelope: Envelope) -> None:
@@ -1036,7 +1049,7 @@ class Runtime:
         return Terminal(status=JobStatus.SUCCESS, completed_at="", result=result)
 
     def _finish(self, job: JobRecord, live: _LiveJob, terminal: Terminal) -> None:
-        terminal = attrs.evolve(terminal, completed_at=format_timestamp(self._wall_clock()))
+        terminal = attrs.evolve(terminal, completed_at=self._timestamp())
         job.finish(terminal)
         self._store.save_job(job_to_row(job))
         for credential in job.credentials:
@@ -1147,9 +1160,7 @@ class Runtime:
             "evicted_through": notice.evicted_through,
             "evicted": notice.evicted_count,
         }
-        payload_json = dumps(
-            {"kind": "status", "ts": format_timestamp(self._wall_clock()), "body": body}
-        )
+        payload_json = dumps({"kind": "status", "ts": self._timestamp(), "body": body})
         self._stamp(session, job, MessageType.JOB_EVENT, new_ulid(), payload_json)
 
     # == the JobContext's host interface =========================================================
@@ -1184,9 +1195,7 @@ class Runtime:
     def _route_event(self, job: JobRecord, kind: str, body: Any) -> None:
         """Record one event in the job's history and stamp it into every watcher."""
         frame_id = new_frame_id()
-        payload_json = dumps(
-            {"kind": kind, "ts": format_timestamp(self._wall_clock()), "body": body}
-        )
+        payload_json = dumps({"kind": kind, "ts": self._timestamp(), "body": body})
         entry = job.record_event(frame_id, kind, payload_json)
         if self._store.durable:
             self._store.append_history(
@@ -1261,9 +1270,7 @@ class Runtime:
         if submitter is not None:
             # Not in the job's history and not to subscribers (§14): the submitter only.
             body = {"phase": "credential_rotated", "id": credential_id, "value": fresh["value"]}
-            payload_json = dumps(
-                {"kind": "status", "ts": format_timestamp(self._wall_clock()), "body": body}
-            )
+            payload_json = dumps({"kind": "status", "ts": self._timestamp(), "body": body})
             self._deliver_one(submitter, job, MessageType.JOB_EVENT, new_frame_id(), payload_json)
         self._schedule_revocation(job.job_id, old)
         await trio.lowlevel.checkpoint()

@@ -8,14 +8,17 @@ agree with ``MockClock`` (``trio_wall_clock``).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 __all__ = [
     "EPOCH",
     "WallClock",
+    "format_epoch_ns",
     "format_timestamp",
     "parse_timestamp",
+    "system_timestamp",
     "system_wall_clock",
 ]
 
@@ -27,6 +30,31 @@ EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 
 def system_wall_clock() -> datetime:
     return datetime.now(UTC)
+
+
+#: ``format_epoch_ns``'s cache: the minute last formatted, and its text.
+_minute: list[tuple[int, str]] = [(-1, "")]
+
+
+def format_epoch_ns(ns: int) -> str:
+    """``format_timestamp`` of the instant ``ns`` nanoseconds after the Unix epoch.
+
+    The date, hour and minute change once a minute, so their text is kept; every
+    event carries a ``ts``, and this is about twice as fast as formatting a
+    ``datetime``.
+    """
+    seconds, rest = divmod(ns, 1_000_000_000)
+    minute = seconds // 60
+    cached_minute, prefix = _minute[0]
+    if minute != cached_minute:
+        prefix = datetime.fromtimestamp(minute * 60, UTC).isoformat()[:17]
+        _minute[0] = (minute, prefix)
+    return f"{prefix}{seconds % 60:02d}.{rest // 1000:06d}Z"
+
+
+def system_timestamp() -> str:
+    """``format_timestamp(system_wall_clock())``, the fast way."""
+    return format_epoch_ns(time.time_ns())
 
 
 def trio_wall_clock_at(trio_now: float, epoch: datetime = EPOCH) -> datetime:

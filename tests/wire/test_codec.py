@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -22,6 +24,7 @@ from arcp_trio.wire.errors import (
 from arcp_trio.wire.ids import (
     is_envelope_id,
     is_trace_id,
+    is_ulid,
     new_frame_id,
     new_id,
     new_trace_id,
@@ -34,7 +37,13 @@ from arcp_trio.wire.messages import (
     SessionPing,
     parse_agent_ref,
 )
-from arcp_trio.wire.timestamps import format_timestamp, parse_timestamp
+from arcp_trio.wire.timestamps import (
+    format_epoch_ns,
+    format_timestamp,
+    parse_timestamp,
+    system_timestamp,
+    system_wall_clock,
+)
 
 
 def test_unknown_envelope_fields_and_payload_keys_are_ignored() -> None:
@@ -145,6 +154,41 @@ def test_timestamps_are_utc_microseconds_with_z(moment: datetime) -> None:
     naive_utc = moment.astimezone(UTC).replace(tzinfo=None)
     assert text == naive_utc.isoformat(timespec="microseconds") + "Z"  # RFC 3339
     assert parse_timestamp(text, require_utc=True) == moment
+
+
+@given(st.integers(min_value=0, max_value=253_402_300_799_999_999_999))
+def test_epoch_ns_timestamps_match_the_datetime_form(ns: int) -> None:
+    """The fast ``ts`` of every event is exactly what ``format_timestamp`` writes."""
+    moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=ns // 1000)
+    assert format_epoch_ns(ns) == format_timestamp(moment)
+
+
+def test_system_timestamps_read_the_system_clock() -> None:
+    before = system_wall_clock()
+    text = system_timestamp()
+    after = system_wall_clock()
+    assert before.replace(microsecond=0) <= parse_timestamp(text, require_utc=True) <= after
+
+
+CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+async def test_frame_ids_are_ulids_of_the_current_millisecond() -> None:
+    """``new_frame_id`` keeps the millisecond's digits between calls: they must still
+    be the millisecond's, and the rest must differ."""
+    ids = []
+    for _ in range(3):
+        before = time.time_ns() // 1_000_000
+        ids += [new_frame_id(), new_frame_id()]
+        after = time.time_ns() // 1_000_000
+        for frame_id in ids[-2:]:
+            assert is_ulid(frame_id)
+            decoded = 0
+            for char in frame_id[:10]:  # the first ten digits are the 48-bit time
+                decoded = decoded * 32 + CROCKFORD.index(char)
+            assert before <= decoded <= after
+        await trio.sleep(0.002)
+    assert len(set(ids)) == len(ids)
 
 
 def test_agent_refs() -> None:
