@@ -46,7 +46,7 @@ from ..protocol.session import (
     ResumeWindow,
     negotiate_features,
 )
-from ..store.base import MemoryStore, Recovered, Store, StoredEvent, StoredHistoryEntry, StoreError
+from ..store.base import MemoryStore, Recovered, Store, StoreError
 from ..transport.base import MessageTooLarge, Transport, TransportError
 from ..wire.codec import Envelope, decode, dumps, encode, unstructure_payload
 from ..wire.errors import (
@@ -1136,7 +1136,7 @@ class Runtime:
             stamped = buffer.last()
             if stamped is not None:
                 self._store.append_event(
-                    StoredEvent(session.session_id, stamped.seq, stamped.job_id, stamped.frame)
+                    session.session_id, stamped.seq, stamped.job_id, stamped.frame
                 )
             if len(buffer) >= buffer.max_events and stamped is not None and stamped.seq % 1024 == 0:
                 # At the cap the oldest events are evicted in memory; keep the file bounded.
@@ -1198,9 +1198,7 @@ class Runtime:
         payload_json = dumps({"kind": kind, "ts": self._timestamp(), "body": body})
         entry = job.record_event(frame_id, kind, payload_json)
         if self._store.durable:
-            self._store.append_history(
-                StoredHistoryEntry(job.job_id, entry.number, frame_id, kind, payload_json)
-            )
+            self._store.append_history(job.job_id, entry.number, frame_id, kind, payload_json)
             if entry.number > job.history_limit and entry.number % 1024 == 0:
                 # Keep the file's copy of the history as bounded as the memory one.
                 self._store.trim_history(job.job_id, entry.number - job.history_limit)

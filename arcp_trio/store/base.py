@@ -105,11 +105,17 @@ class Store(Protocol):
 
     def delete_session(self, session_id: str) -> None: ...
 
-    def append_event(self, event: StoredEvent) -> None: ...
+    def append_event(self, session_id: str, seq: int, job_id: str, frame: str) -> None:
+        """A ``StoredEvent``'s fields (passed apart: one call per event per session)."""
+        ...
 
     def trim_events(self, session_id: str, through_seq: int) -> None: ...
 
-    def append_history(self, entry: StoredHistoryEntry) -> None: ...
+    def append_history(
+        self, job_id: str, number: int, frame_id: str, kind: str, payload_json: str
+    ) -> None:
+        """A ``StoredHistoryEntry``'s fields (passed apart: one call per event)."""
+        ...
 
     def trim_history(self, job_id: str, through_index: int) -> None: ...
 
@@ -164,13 +170,15 @@ class MemoryStore:
     def delete_session(self, session_id: str) -> None:
         pass
 
-    def append_event(self, event: StoredEvent) -> None:
+    def append_event(self, session_id: str, seq: int, job_id: str, frame: str) -> None:
         pass
 
     def trim_events(self, session_id: str, through_seq: int) -> None:
         pass
 
-    def append_history(self, entry: StoredHistoryEntry) -> None:
+    def append_history(
+        self, job_id: str, number: int, frame_id: str, kind: str, payload_json: str
+    ) -> None:
         pass
 
     def trim_history(self, job_id: str, through_index: int) -> None:

@@ -227,14 +227,27 @@ class SQLiteStore:
         self._enqueue(_DELETE_SESSION, (session_id,))
         self._enqueue(_DELETE_SESSION_EVENTS, (session_id,))
 
-    def append_event(self, event: StoredEvent) -> None:
-        self._enqueue(_APPEND_EVENT, event)  # the named tuple is the row, in column order
+    # The hot path (every event, every watching session): no helper call, no record
+    # object, and the writer is woken only when the queue was empty.
+
+    def append_event(self, session_id: str, seq: int, job_id: str, frame: str) -> None:
+        queue = self._queue
+        if not queue:
+            self._wakeup.set()
+        queue.append((_APPEND_EVENT, (session_id, seq, job_id, frame)))
+        self._queued += 1
 
     def trim_events(self, session_id: str, through_seq: int) -> None:
         self._enqueue(_TRIM_EVENTS, (session_id, through_seq))
 
-    def append_history(self, entry: StoredHistoryEntry) -> None:
-        self._enqueue(_APPEND_HISTORY, entry)  # the named tuple is the row, in column order
+    def append_history(
+        self, job_id: str, number: int, frame_id: str, kind: str, payload_json: str
+    ) -> None:
+        queue = self._queue
+        if not queue:
+            self._wakeup.set()
+        queue.append((_APPEND_HISTORY, (job_id, number, frame_id, kind, payload_json)))
+        self._queued += 1
 
     def save_credential(
         self, credential_id: str, job_id: str, state: str, data: dict[str, Any]

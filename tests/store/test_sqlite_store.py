@@ -17,7 +17,7 @@ import trio
 from arcp_trio.demo_agents import demo_registry
 from arcp_trio.runtime.config import RuntimeConfig
 from arcp_trio.runtime.runtime import open_runtime
-from arcp_trio.store.base import SessionRow, StoredEvent, StoredHistoryEntry, StoreError
+from arcp_trio.store.base import SessionRow, StoreError
 from arcp_trio.store.sqlite import SCHEMA_VERSION, SQLiteStore
 from tests.helpers import TOKENS, connect, trio_wall_clock
 
@@ -53,8 +53,8 @@ async def test_round_trip_and_group_commit(tmp_path: Path) -> None:
             store.save_idempotency("alice", "k", "fp", "job_1")
             store.save_session(row())
             for seq in range(1, 501):
-                store.append_event(StoredEvent("sess_1", seq, "job_1", f"frame-{seq}"))
-                store.append_history(StoredHistoryEntry("job_1", seq, f"id{seq}", "log", "{}"))
+                store.append_event("sess_1", seq, "job_1", f"frame-{seq}")
+                store.append_history("job_1", seq, f"id{seq}", "log", "{}")
             store.trim_events("sess_1", 100)
             await store.flush()
             # Group commit: 1,000+ writes in a handful of transactions.
