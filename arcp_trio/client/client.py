@@ -128,6 +128,8 @@ class _Request:
     trace_id: str | None = None
     #: For the client's own re-subscriptions: the stream that fails if it fails.
     stream: _Stream | None = None
+    #: For submits: whether the handle keeps the job's events (``submit(keep_events=)``).
+    keep_events: bool = True
     done: trio.Event = attrs.field(factory=trio.Event)
     reply: Any = None
     error: ARCPError | None = None
@@ -245,11 +247,16 @@ class Client:
         idempotency_key: str | None = None,
         max_runtime_sec: int | None = None,
         trace_id: str | None = None,
+        keep_events: bool = True,
     ) -> JobHandle:
         """Submit a job (§7.1) and return its handle once the runtime accepts it.
 
         Without an ``idempotency_key`` the client adds one, so a submit re-sent after
         a reconnect can never start the job twice (§7.2).
+
+        ``keep_events=False``: the handle keeps none of the job's events (its
+        ``events()`` raises ``RuntimeError``), so waiting for ``result()`` on a chatty
+        job holds no memory per event. Streamed results are still assembled.
 
         Raises:
             AgentNotAvailable, AgentVersionNotAvailable, DuplicateKey, InvalidRequest:
@@ -271,7 +278,7 @@ class Client:
         if max_runtime_sec is not None:
             payload["max_runtime_sec"] = max_runtime_sec
         handle: JobHandle = await self._call(
-            _Request(MessageType.JOB_SUBMIT, payload, trace_id=trace_id)
+            _Request(MessageType.JOB_SUBMIT, payload, trace_id=trace_id, keep_events=keep_events)
         )
         return handle
 
@@ -758,17 +765,18 @@ class Client:
         payload = unstructure_payload(envelope.payload)
         job_id = payload["job_id"]
         self._submitted.add(job_id)
-        handle = self._handles.get(job_id)
-        if handle is None:
-            handle = JobHandle(job_id, payload, self._cancel)
-            self._handles[job_id] = handle
-            self._drain_orphans(job_id)
         request = self._pending.get(payload.get("request_id") or "")
         if request is None:
             # The reference runtime correlates by order when request_id is missing.
             request = next(
                 (r for r in self._pending.values() if r.type == MessageType.JOB_SUBMIT), None
             )
+        handle = self._handles.get(job_id)
+        if handle is None:
+            keep_events = request.keep_events if request is not None else True
+            handle = JobHandle(job_id, payload, self._cancel, keep_events=keep_events)
+            self._handles[job_id] = handle
+            self._drain_orphans(job_id)
         if request is not None:
             self._settle(request, reply=handle)
 

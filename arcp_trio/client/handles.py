@@ -108,8 +108,11 @@ class _ResultAssembler:
 class _Stream:
     """An ordered event stream that ends in a terminal; shared by handles and subs."""
 
-    def __init__(self, job_id: str) -> None:
+    def __init__(self, job_id: str, *, keep_events: bool = True) -> None:
         self.job_id = job_id
+        #: False: events are counted (and result chunks assembled) but not kept, so a
+        #: caller that only wants the result holds no memory per event.
+        self.keep_events = keep_events
         self._events: deque[Event] = deque()
         self._changed = trio.Event()
         self._outcome: JobOutcome | None = None
@@ -131,8 +134,9 @@ class _Stream:
             self._assembler.add(event.body)
         if not _is_session_notice(event):
             self.job_events += 1
-        self._events.append(event)
-        self._wake()
+        if self.keep_events:
+            self._events.append(event)
+            self._wake()
 
     def finish_with_payload(self, message_type: str, payload: dict[str, Any]) -> None:
         """Turn a terminal frame (either dialect) into the outcome or the error."""
@@ -206,6 +210,8 @@ class _Stream:
             await self._changed.wait()
 
     def iterate(self) -> AsyncIterator[Event]:
+        if not self.keep_events:
+            raise RuntimeError("this handle keeps no events (submitted with keep_events=False)")
         if self._iterating:
             raise RuntimeError("events() is already being iterated")
         self._iterating = True
@@ -245,12 +251,14 @@ class JobHandle:
         job_id: str,
         accepted: dict[str, Any],
         cancel: Callable[[str, str], Awaitable[None]],
+        *,
+        keep_events: bool = True,
     ) -> None:
         self.job_id = job_id
         #: The ``job.accepted`` payload (§7.1): agent, lease, budget, ...
         self.accepted = accepted
         self._cancel = cancel
-        self._stream = _Stream(job_id)
+        self._stream = _Stream(job_id, keep_events=keep_events)
 
     @property
     def agent(self) -> str:
@@ -266,6 +274,13 @@ class JobHandle:
         Continues across reconnects with no gap and no duplicate. Ends normally when
         the job ends (whatever its status; ``result()`` says how); raises
         ``ResumeWindowExpired`` or ``ClientClosed`` if the session is lost first.
+
+        Events are kept from the moment the job is accepted until they are iterated,
+        so a handle that is never iterated holds every event; submit with
+        ``keep_events=False`` when only ``result()`` matters.
+
+        Raises:
+            RuntimeError: called twice, or the handle keeps no events.
         """
         return self._stream.iterate()
 

@@ -62,6 +62,26 @@ async def test_chunked_result_is_reassembled(link: Link, autojump_clock: trio.ab
         assert outcome.result_size == 32
 
 
+async def test_a_handle_without_events_holds_none_and_still_gets_its_result(
+    link: Link, autojump_clock: trio.abc.Clock
+) -> None:
+    """``keep_events=False``: a chatty job costs the waiting caller no memory per event;
+    streamed results are still assembled, and ``events()`` says why it cannot work."""
+    async with client_for(link) as client:
+        chatty = await client.submit("chatty", input={"n": 2000}, keep_events=False)
+        chunked = await client.submit("chunker", input={"chunks": 4, "size": 8}, keep_events=False)
+        kept = await client.submit("chatty", input={"n": 50})
+        assert (await chatty.result()).final_status == "success"
+        assert (await chunked.result()).result == b"aaaaaaaabbbbbbbbccccccccdddddddd"
+        await kept.result()
+        assert chatty._stream.job_events == 2000
+        assert len(chatty._stream._events) == 0
+        assert len(kept._stream._events) == 50
+        with pytest.raises(RuntimeError, match="keep_events=False"):
+            chatty.events()
+        assert len(await collect(kept.events())) == 50
+
+
 async def test_errors_are_typed_and_matched_to_their_request(
     link: Link, autojump_clock: trio.abc.Clock
 ) -> None:
