@@ -484,6 +484,9 @@ class Runtime:
         if not session.token_matches(token) or session.principal != principal:
             raise PermissionDenied("resume token or principal does not match the session")
         if session.window.expired(trio.current_time()):
+            # Its timer may not have fired yet (Timers coalesce): the window is over
+            # either way, so the session goes now, as it would have a moment later.
+            self._forget(session)
             raise ResumeWindowExpired("the session's resume window has ended")
         # §6.3: RESUME_WINDOW_EXPIRED "if the buffer no longer covers last_event_seq".
         replay = session.buffer.replay_after(request.last_event_seq)
@@ -573,6 +576,8 @@ class Runtime:
 
     def _forget(self, session: Session) -> None:
         """The resume window ended: drop the session. Its jobs keep running."""
+        if session.forgotten:
+            return
         session.forgotten = True
         self._sessions.pop(session.session_id, None)
         self._store.delete_session(session.session_id)

@@ -206,6 +206,36 @@ async def test_a_failing_heartbeat_ends_only_its_connection(
         assert welcome["session_id"] == victim.session_id
 
 
+async def test_a_resume_as_the_window_ends_finds_the_session_gone(
+    runtime: Runtime, nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    """§6.3 with a coalescing timer: a window's expiry may fire a moment after the
+    window ends. A resume in that moment is refused *and* forgets the session, as the
+    timer would have (found by the end-to-end fuzzer)."""
+    peer, raw = await connect(runtime, nursery)
+    await peer.hello()
+    raw.abort()
+    await trio.testing.wait_all_tasks_blocked()
+    session = runtime.session(peer.session_id)  # type: ignore[arg-type]
+    assert session is not None
+    deadline = session.window.deadline
+    assert deadline is not None
+    # Another deadline just before makes the shared timer's next pass come late.
+    timers = runtime._timers
+    timers.call_at(deadline - timers.granularity / 5, lambda _now: None)
+    await trio.sleep_until(deadline)
+    assert runtime.session(peer.session_id) is session  # type: ignore[arg-type]
+    again, _ = await connect(runtime, nursery)
+    reply = await again.hello(
+        resume={"session_id": peer.session_id, "resume_token": peer.resume_token}
+    )
+    assert reply["type"] == "session.error"
+    assert reply["payload"]["code"] == "RESUME_WINDOW_EXPIRED"
+    assert runtime.session(peer.session_id) is None  # type: ignore[arg-type]
+    assert session.forgotten
+    await trio.sleep(timers.granularity * 2)  # the timer's late expiry is a no-op now
+
+
 async def test_frames_routed_while_a_connection_ends_are_dropped_not_raised(
     runtime: Runtime, nursery: trio.Nursery, autojump_clock: trio.abc.Clock
 ) -> None:
