@@ -490,6 +490,7 @@ class Runtime:
             raise ResumeWindowExpired("the session's resume window has ended")
         # §6.3: RESUME_WINDOW_EXPIRED "if the buffer no longer covers last_event_seq".
         replay = session.buffer.replay_after(request.last_event_seq)
+        session.presented(hash_token(token))  # accepted: older tokens retire
         if session.connection is not None:
             # The old connection is half-open or slow to notice; the token holder wins.
             session.connection.abort("superseded by a resume")

@@ -52,7 +52,8 @@ class Session:
     confirmed_token_hash: str = ""
     #: Tokens issued since then, newest last. A welcome can be lost in transit, and a
     #: duplicate handshake (a retried dial) can rotate past the token the client got;
-    #: until the client answers a welcome, every one of them still resumes.
+    #: until the client answers a welcome, every one of them still resumes — except
+    #: those older than a token the client has presented in a resume (``presented``).
     unconfirmed_token_hashes: list[str] = attrs.field(factory=list)
     client_name: str = ""
     connection: Connection | None = None
@@ -77,6 +78,16 @@ class Session:
         only that token (and later ones) resume."""
         self.confirmed_token_hash = token_hash
         self.unconfirmed_token_hashes.clear()
+
+    def presented(self, token_hash: str) -> None:
+        """A resume presented ``token_hash``: the client holds it, so every token
+        issued before it is retired (§6.3: tokens rotate). Tokens issued after it
+        stay valid until a welcome is answered: a retried dial may have rotated past
+        what the client received."""
+        unconfirmed = self.unconfirmed_token_hashes
+        if token_hash in unconfirmed:
+            self.confirmed_token_hash = token_hash
+            del unconfirmed[: unconfirmed.index(token_hash) + 1]
 
     def valid_token_hashes(self) -> set[str]:
         valid = {self.token_hash, self.confirmed_token_hash, *self.unconfirmed_token_hashes}

@@ -148,3 +148,45 @@ async def test_a_late_duplicate_of_a_resume_does_not_lock_the_client_out(
         resume={"session_id": session_id, "resume_token": newest, "last_event_seq": 0},
     )
     assert answer["type"] == "session.welcome", answer
+
+
+async def test_a_token_older_than_one_presented_no_longer_resumes(
+    arcp_runtime: Runtime, nursery: trio.Nursery, arcp_clock: trio.abc.Clock
+) -> None:
+    """Found by the end-to-end fuzzer (thorough profile), fixed in the runtime: a
+    client that resumes twice without sending anything else never "answered" a
+    welcome, so every token it had been given stayed valid — including the first,
+    which it had long replaced (§6.3: tokens rotate). A presented token now retires
+    every token issued before it; newer ones stay (a retried dial may have rotated
+    past what the client holds, see the test above)."""
+    peer = connect_peer(arcp_runtime, nursery)
+    await peer.hello("tok-alice")
+    session_id, first_token = peer.session_id, peer.resume_token
+    tokens = [first_token]
+    for _ in range(2):
+        peer.transport.abort()  # type: ignore[attr-defined]
+        peer = connect_peer(arcp_runtime, nursery)
+        welcome = await peer.hello(
+            "tok-alice",
+            resume={"session_id": session_id, "resume_token": tokens[-1], "last_event_seq": 0},
+        )
+        assert welcome["type"] == "session.welcome", welcome
+        tokens.append(welcome["payload"]["resume_token"])
+    peer.transport.abort()  # type: ignore[attr-defined]
+    stale = connect_peer(arcp_runtime, nursery)
+    answer = await stale.hello(
+        "tok-alice",
+        resume={"session_id": session_id, "resume_token": tokens[0], "last_event_seq": 0},
+    )
+    assert answer["type"] == "session.error"
+    assert answer["payload"]["code"] == "PERMISSION_DENIED"
+    # The token presented last, and the newest, still resume.
+    for token in (tokens[1], tokens[2]):
+        again = connect_peer(arcp_runtime, nursery)
+        welcome = await again.hello(
+            "tok-alice",
+            resume={"session_id": session_id, "resume_token": token, "last_event_seq": 0},
+        )
+        assert welcome["type"] == "session.welcome", welcome
+        again.transport.abort()  # type: ignore[attr-defined]
+        await trio.sleep(1)
