@@ -200,6 +200,8 @@ class Client:
         # What users hold.
         self._handles: dict[str, JobHandle] = {}
         self._subscriptions: dict[str, list[Subscription]] = {}
+        #: Jobs unsubscribed while disconnected: told to the runtime on reconnect.
+        self._unsubscribe_later: set[str] = set()
         self._pending: dict[str, _Request] = {}
         self._orphans: dict[str, list[Envelope]] = {}
         self._orphan_count = 0
@@ -320,6 +322,7 @@ class Client:
     ) -> AsyncIterator[Subscription]:
         """Observe a job submitted elsewhere (§7.6); unsubscribes on exit."""
         self._require("subscribe")
+        self._unsubscribe_later.discard(job_id)
         subscription = Subscription(job_id)
         # Registered before the request goes out: a runtime may send history first.
         self._subscriptions.setdefault(job_id, []).append(subscription)
@@ -339,7 +342,7 @@ class Client:
             if not subscribers:
                 self._subscriptions.pop(job_id, None)
             if not subscription.done and not self._closed:
-                self._send_nowait(MessageType.JOB_UNSUBSCRIBE, {"job_id": job_id})
+                self._unsubscribe(job_id)
 
     async def ack(self, seq: int) -> None:
         """Tell the runtime every event up to ``seq`` is processed (§6.5)."""
@@ -436,6 +439,14 @@ class Client:
                     )
                 )
             )
+
+    def _unsubscribe(self, job_id: str) -> None:
+        """§7.6 unsubscribe; while disconnected it waits for the next connection (the
+        session, resumed, still has the subscription)."""
+        if self._attempt is not None:
+            self._send_nowait(MessageType.JOB_UNSUBSCRIBE, {"job_id": job_id})
+        else:
+            self._unsubscribe_later.add(job_id)
 
     def _send_ack(self, seq: int) -> None:
         if seq > self._last_acked and "ack" in self.features:
@@ -590,6 +601,9 @@ class Client:
         # Whatever was in flight when the last attempt died goes out again, in order.
         for request in list(self._pending.values()):
             attempt.outbox.enqueue(self._frame(request))
+        for job_id in sorted(self._unsubscribe_later):
+            self._send_nowait(MessageType.JOB_UNSUBSCRIBE, {"job_id": job_id})
+        self._unsubscribe_later.clear()
         try:
             async with trio.open_nursery() as attempt_nursery:
                 attempt.scope = attempt_nursery.cancel_scope
@@ -827,6 +841,7 @@ class Client:
         self._resume_token = None
         self._last_event_seq = self._last_acked = 0
         self._job_seq.clear()
+        self._unsubscribe_later.clear()  # a new session subscribes to nothing
         self._orphans.clear()
         self._orphan_count = 0
         failures = 0

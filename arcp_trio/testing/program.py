@@ -287,6 +287,9 @@ class _View:
     #: A cap eviction was accepted during this watch: ticks may jump, the terminal
     #: may be gone.
     gap: bool = False
+    #: A client unsubscribed while disconnected: the runtime hears of it when the
+    #: client is connected again, and may watch for the session until then.
+    unsubscribing: bool = False
 
     @property
     def watching(self) -> bool:
@@ -1345,6 +1348,8 @@ class ProgramRunner:
                 view = actor.view(job.job_id)
                 if view.subscribed:
                     view.subscribed = False
+                    # Offline, the client tells the runtime when it is back (§7.6).
+                    view.unsubscribing = actor.state != "connected"
             return
         if not isinstance(actor, _Peer) or not actor.attached:
             return
@@ -1424,7 +1429,16 @@ class ProgramRunner:
                 if record is None:
                     continue
                 in_watchers = actor.session_id in record.watchers
-                if record.terminal is None and in_watchers != view.watching:
+                if view.unsubscribing and not in_watchers:
+                    view.unsubscribing = False  # delivered
+                connected = isinstance(actor, _ClientActor) and actor.state == "connected"
+                if view.unsubscribing and connected and record.terminal is None:
+                    self._fail(f"{where}: reconnected, but its unsubscribe of {job_id} was lost")
+                if (
+                    record.terminal is None
+                    and in_watchers != view.watching
+                    and not (view.unsubscribing and in_watchers)
+                ):
                     self._fail(
                         f"{where}: watches {job_id}: model {view.watching}, runtime {in_watchers}"
                     )

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
+import trio.testing
 
 from arcp_trio.client import Backoff, ClientClosed
 from arcp_trio.demo_agents import demo_registry
@@ -133,6 +134,30 @@ async def test_list_jobs_and_subscribe(link: Link, autojump_clock: trio.abc.Cloc
             events = await collect(sub.events())
             assert currents(events) == [1, 2, 3, 4, 5]
             assert (await sub.result()).result == {"ticks": 5}
+
+
+async def test_an_unsubscribe_while_disconnected_reaches_the_runtime_on_reconnect(
+    link: Link, autojump_clock: trio.abc.Clock
+) -> None:
+    """§7.6: leaving ``subscribe()`` while the connection is down must not be lost
+    (found by the end-to-end fuzzer): the resumed session would keep the subscription
+    and the runtime would keep routing the job's events to it."""
+    async with client_for(link) as owner, client_for(link) as watcher:
+        handle = await owner.submit("slow", input={"seconds": 100})
+        job = link.runtime.jobs.get(handle.job_id)
+        assert job is not None
+        async with watcher.subscribe(handle.job_id):
+            assert watcher.session_id in job.watchers
+            link.refuse = 2  # the watcher stays offline for a while
+            link.drop()
+            await trio.testing.wait_all_tasks_blocked()  # it noticed, and backs off
+            assert watcher.statistics().state != "connected"
+        assert watcher.session_id in job.watchers  # nobody could tell the runtime yet
+        await trio.sleep(30)  # backoff 1 s, refused, 3 s, refused, 7 s: resumed
+        await trio.testing.wait_all_tasks_blocked()
+        assert watcher.statistics().state == "connected"
+        assert watcher.session_id not in job.watchers
+        await handle.cancel()
 
 
 async def test_ack_and_auto_ack(link: Link, autojump_clock: trio.abc.Clock) -> None:
