@@ -73,6 +73,11 @@ def fuzz(session: nox.Session) -> None:
         "-p",
         "no:cacheprovider",
         "--show-capture=no",
+        # A thorough state machine (shrinking included) may run for minutes: the suite's
+        # 120 s hang dump would fire mid-run, and dumping a busy thread's frames can
+        # crash the interpreter (it did once, with seed 1).
+        "-o",
+        "faulthandler_timeout=1800",
         *args,
         env={"HYPOTHESIS_PROFILE": "thorough"},
     )

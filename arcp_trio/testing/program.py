@@ -290,6 +290,9 @@ class _View:
     #: A client unsubscribed while disconnected: the runtime hears of it when the
     #: client is connected again, and may watch for the session until then.
     unsubscribing: bool = False
+    #: Once such an unsubscribe took effect: the session's last seq then. Frames of
+    #: the job stamped up to it (replayed after a resume) are still legitimate.
+    unwatched_after: int | None = None
 
     @property
     def watching(self) -> bool:
@@ -556,7 +559,10 @@ class ProgramRunner:
         if record.principal != actor.principal:
             self._fail(f"{where}: saw a job of principal {record.principal!r}")
         view = actor.view(job_id)
-        if not view.watching and record.terminal is None:
+        stamped_while_watched = view.unsubscribing or (
+            view.unwatched_after is not None and seq <= view.unwatched_after
+        )
+        if not view.watching and record.terminal is None and not stamped_while_watched:
             # (A finished job's history and terminal answer a subscribe without a watch.)
             self._fail(f"{where}: an event for {job_id}, which it does not watch")
         kind = frame.get("type")
@@ -1299,6 +1305,7 @@ class ProgramRunner:
                 return
             sub_view = actor.subscriptions[job.job_id] = _HandleView()
             if not view.watching and job.principal == actor.principal:
+                view.unsubscribing = False  # the client forgets a pending unsubscribe
                 view.subscribed = record.terminal is None
                 view.terminals = 0
                 view.ticks = 0 if step.history else record.last_event_index
@@ -1431,6 +1438,7 @@ class ProgramRunner:
                 in_watchers = actor.session_id in record.watchers
                 if view.unsubscribing and not in_watchers:
                     view.unsubscribing = False  # delivered
+                    view.unwatched_after = session.buffer.last_seq
                 connected = isinstance(actor, _ClientActor) and actor.state == "connected"
                 if view.unsubscribing and connected and record.terminal is None:
                     self._fail(f"{where}: reconnected, but its unsubscribe of {job_id} was lost")

@@ -175,3 +175,31 @@ def test_it_catches_a_job_ended_by_its_session(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(Runtime, "_detach", cancel_on_detach)
     with pytest.raises(InvariantViolation, match="the program made it run"):
         run([Open("alice", "peer", "spec"), Submit(0), Drop(0)])
+
+
+OFFLINE_UNSUBSCRIBE: list[Step] = [
+    Open("alice", "peer", "spec"),
+    Open("alice", "client", "spec"),
+    Submit(0),
+    Subscribe(1, 0),
+    Drop(1, hold=True),
+    Emit(0, 2),  # buffered for the offline client's session: replayed on resume
+    Unsubscribe(1, 0),
+    Resume(1, "valid"),
+    Emit(0, 2),  # after the unsubscribe reached the runtime: not for the client
+]
+
+
+def test_an_offline_unsubscribe_takes_effect_on_reconnect() -> None:
+    """The model's rule (§7.6): a client that leaves a subscription while offline
+    still gets what was stamped before the runtime heard of it, and nothing after."""
+    report = run(OFFLINE_UNSUBSCRIBE)
+    assert report.steps == len(OFFLINE_UNSUBSCRIBE)
+
+
+def test_it_catches_an_unsubscribe_lost_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    from arcp_trio.client.client import Client
+
+    monkeypatch.setattr(Client, "_unsubscribe", lambda self, job_id: None)
+    with pytest.raises(InvariantViolation, match=r"unsubscribe of \S+ was lost"):
+        run(OFFLINE_UNSUBSCRIBE)
