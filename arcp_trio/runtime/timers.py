@@ -46,19 +46,22 @@ log = logging.getLogger(__name__)
 class Timer:
     """A scheduled callback; ``cancel`` it to stop it from firing."""
 
-    __slots__ = ("_timers", "callback", "cancelled", "deadline")
+    __slots__ = ("_queued", "_timers", "callback", "cancelled", "deadline")
 
     def __init__(self, timers: Timers, deadline: float, callback: Callable[[float], None]) -> None:
         self._timers = timers
         self.deadline = deadline
         self.callback = callback
         self.cancelled = False
+        #: Still in the heap (a cancelled one there counts towards a rebuild).
+        self._queued = True
 
     def cancel(self) -> None:
         """Idempotent; safe from inside any callback, including this one's."""
         if not self.cancelled:
             self.cancelled = True
-            self._timers._cancelled_one()
+            if self._queued:
+                self._timers._cancelled_one()
 
 
 class Timers:
@@ -106,11 +109,15 @@ class Timers:
         heap = self._heap
         due: list[Timer] = []
         while heap and heap[0][0] <= now:
-            due.append(heapq.heappop(heap)[2])
-        for timer in due:
+            timer = heapq.heappop(heap)[2]
+            timer._queued = False
             if timer.cancelled:
                 self._cancelled -= 1
-                continue
+            else:
+                due.append(timer)
+        for timer in due:
+            if timer.cancelled:
+                continue  # cancelled by an earlier callback of this pass
             # Fired timers count as done: a callback cancelling its own timer is a no-op.
             timer.cancelled = True
             try:
@@ -121,6 +128,12 @@ class Timers:
     def _cancelled_one(self) -> None:
         self._cancelled += 1
         if self._cancelled > 64 and self._cancelled * 2 > len(self._heap):
-            self._heap = [entry for entry in self._heap if not entry[2].cancelled]
-            heapq.heapify(self._heap)
+            kept = []
+            for entry in self._heap:
+                if entry[2].cancelled:
+                    entry[2]._queued = False
+                else:
+                    kept.append(entry)
+            heapq.heapify(kept)
+            self._heap = kept
             self._cancelled = 0

@@ -318,3 +318,29 @@ def _count_inline_takes(connection: Connection) -> trio.Event:
 
     transport.set_inline_handler(counting)
     return taken
+
+
+async def test_a_callback_may_cancel_another_timer_of_the_same_pass(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """The cancelled one does not fire, and the live count stays exact."""
+    timers = Timers()
+    fired: list[str] = []
+    start = trio.current_time()
+
+    def first(_now: float) -> None:
+        fired.append("first")
+        victim.cancel()
+
+    timers.call_at(start + 1, first)  # same deadline, queued first: runs first
+    victim = timers.call_at(start + 1, lambda _now: fired.append("victim"))
+    later = timers.call_at(start + 2, lambda _now: fired.append("later"))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(timers.run)
+        await trio.sleep(1.5)
+        assert len(timers) == 1  # only ``later`` is pending
+        await trio.sleep(1)
+        nursery.cancel_scope.cancel()
+    assert fired == ["first", "later"]
+    assert len(timers) == 0
+    assert later.cancelled
