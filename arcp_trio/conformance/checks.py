@@ -783,29 +783,27 @@ async def timeout(ch: Checker) -> str:
 # == §7.5 versions =============================================================================
 
 
-@requirement("versions.default", "7.5", "a bare agent name resolves to the advertised default")
-async def versions_default(ch: Checker) -> str:
+async def _echo_runs_version(ch: Checker, ref: str, version: str) -> None:
+    """Submit ``echo`` as ``ref``: it must be accepted as, and run, ``echo@version``."""
     peer = await ch.session("a")
-    accepted, frames = await ch.run_job(peer, "echo", {"v": 0})
+    accepted, frames = await ch.run_job(peer, ref, {"v": ref})
     expect(
-        payload(accepted).get("agent") == "echo@2.0.0",
+        payload(accepted).get("agent") == f"echo@{version}",
         f"accepted as {payload(accepted).get('agent')!r}",
     )
     result = payload(frames[-1]).get("result") or {}
-    expect(result.get("version") == "2.0.0", f"ran version {result.get('version')!r}")
+    expect(result.get("version") == version, f"ran version {result.get('version')!r}")
+
+
+@requirement("versions.default", "7.5", "a bare agent name resolves to the advertised default")
+async def versions_default(ch: Checker) -> str:
+    await _echo_runs_version(ch, "echo", "2.0.0")
     return "echo → echo@2.0.0"
 
 
 @requirement("versions.pinned", "7.5", "name@version runs exactly that version")
 async def versions_pinned(ch: Checker) -> str:
-    peer = await ch.session("a")
-    accepted, frames = await ch.run_job(peer, "echo@1.0.0", {"v": 1})
-    expect(
-        payload(accepted).get("agent") == "echo@1.0.0",
-        f"accepted as {payload(accepted).get('agent')!r}",
-    )
-    result = payload(frames[-1]).get("result") or {}
-    expect(result.get("version") == "1.0.0", f"ran version {result.get('version')!r}")
+    await _echo_runs_version(ch, "echo@1.0.0", "1.0.0")
     return "echo@1.0.0 ran 1.0.0"
 
 
