@@ -156,10 +156,10 @@ async def ws_handshake_over(
 
 
 @asynccontextmanager
-async def stdio_memory_pair(
-    *, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+async def _stdio_pair(
+    left: trio.abc.Stream, right: trio.abc.Stream, max_message_size: int
 ) -> AsyncIterator[Pair]:
-    left, right = trio.testing.memory_stream_pair()
+    """Two stdio transports, each reading and writing one end of a stream pair."""
     a = StreamTransport(left, left, max_message_size=max_message_size, description="left")
     b = StreamTransport(right, right, max_message_size=max_message_size, description="right")
     try:
@@ -168,31 +168,23 @@ async def stdio_memory_pair(
         await close_both(a, b)
 
 
-@asynccontextmanager
-async def stdio_lockstep_pair(
+def stdio_memory_pair(
     *, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
-) -> AsyncIterator[Pair]:
-    left, right = trio.testing.lockstep_stream_pair()
-    a = StreamTransport(left, left, max_message_size=max_message_size, description="left")
-    b = StreamTransport(right, right, max_message_size=max_message_size, description="right")
-    try:
-        yield a, b
-    finally:
-        await close_both(a, b)
+) -> AbstractAsyncContextManager[Pair]:
+    return _stdio_pair(*trio.testing.memory_stream_pair(), max_message_size)
 
 
-@asynccontextmanager
-async def stdio_socket_pair(
+def stdio_lockstep_pair(
     *, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
-) -> AsyncIterator[Pair]:
-    left_sock, right_sock = trio.socket.socketpair()
-    left, right = trio.SocketStream(left_sock), trio.SocketStream(right_sock)
-    a = StreamTransport(left, left, max_message_size=max_message_size, description="left")
-    b = StreamTransport(right, right, max_message_size=max_message_size, description="right")
-    try:
-        yield a, b
-    finally:
-        await close_both(a, b)
+) -> AbstractAsyncContextManager[Pair]:
+    return _stdio_pair(*trio.testing.lockstep_stream_pair(), max_message_size)
+
+
+def stdio_socket_pair(
+    *, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+) -> AbstractAsyncContextManager[Pair]:
+    left, right = trio.socket.socketpair()
+    return _stdio_pair(trio.SocketStream(left), trio.SocketStream(right), max_message_size)
 
 
 PAIRS: dict[str, MakePair] = {
