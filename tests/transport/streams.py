@@ -10,7 +10,7 @@ import trio.testing
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, Event, Request
 
-from arcp_trio.transport.base import DEFAULT_MAX_MESSAGE_SIZE
+from arcp_trio.transport.base import DEFAULT_MAX_MESSAGE_SIZE, Transport, TransportClosed
 from arcp_trio.transport.websocket import WebSocketTransport, websocket_server_handshake
 
 if TYPE_CHECKING:
@@ -123,3 +123,26 @@ async def raw_peer_and_server(
     server = servers[0]
     assert server is not None
     return peer, server, instrumented
+
+
+async def assert_aclose_bounded_by_a_stuck_write(
+    transport: Transport, stream: InstrumentedStream, close_timeout: float
+) -> None:
+    """With a write stuck in ``stream``, ``aclose`` takes exactly ``close_timeout``
+    (autojump clock) and the stuck send ends with ``TransportClosed``."""
+    stream.stall = True
+    outcome: list[Exception] = []
+
+    async def send() -> None:
+        try:
+            await transport.send_message("stuck")
+        except TransportClosed as exc:
+            outcome.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(send)
+        await stream.blocked.wait()
+        start = trio.current_time()
+        await transport.aclose()
+        assert trio.current_time() - start == close_timeout
+    assert len(outcome) == 1

@@ -16,9 +16,9 @@ import pytest
 import trio
 import trio.testing
 
-from arcp_trio.transport.base import MessageTooLarge, TransportBroken, TransportClosed
+from arcp_trio.transport.base import MessageTooLarge, TransportBroken
 from arcp_trio.transport.stdio import StreamTransport
-from tests.transport.streams import InstrumentedStream
+from tests.transport.streams import InstrumentedStream, assert_aclose_bounded_by_a_stuck_write
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 GUARD = 10
@@ -179,22 +179,7 @@ async def test_cancel_during_a_write_breaks_the_transport(autojump_clock: object
 async def test_aclose_waits_boundedly_for_a_stuck_write(autojump_clock: object) -> None:
     with trio.fail_after(GUARD):
         transport, raw, stream = transport_and_raw(close_timeout=3)
-        stream.stall = True
-        outcome: list[Exception] = []
-
-        async def send() -> None:
-            try:
-                await transport.send_message("stuck")
-            except TransportClosed as exc:
-                outcome.append(exc)
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(send)
-            await stream.blocked.wait()
-            start = trio.current_time()
-            await transport.aclose()
-            assert trio.current_time() - start == 3
-        assert len(outcome) == 1
+        await assert_aclose_bounded_by_a_stuck_write(transport, stream, 3)
         assert await raw.receive_some(100) == b""  # the peer sees end of input
         await raw.aclose()
 

@@ -52,7 +52,11 @@ from arcp_trio.transport.websocket import (
     websocket_client_handshake,
     websocket_server_handshake,
 )
-from tests.transport.streams import RawPeer, raw_peer_and_server
+from tests.transport.streams import (
+    RawPeer,
+    assert_aclose_bounded_by_a_stuck_write,
+    raw_peer_and_server,
+)
 
 GUARD = 10
 Handler = Callable[[Transport], Awaitable[None]]
@@ -422,22 +426,7 @@ async def test_aclose_is_bounded_when_the_peer_is_silent(autojump_clock: object)
 async def test_aclose_is_bounded_when_a_write_is_stuck(autojump_clock: object) -> None:
     with trio.fail_after(GUARD):
         peer, server, stream = await raw_peer_and_server(close_timeout=3)
-        stream.stall = True
-        outcome: list[Exception] = []
-
-        async def send() -> None:
-            try:
-                await server.send_message("stuck forever")
-            except TransportClosed as exc:
-                outcome.append(exc)
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(send)
-            await stream.blocked.wait()
-            start = trio.current_time()
-            await server.aclose()
-            assert trio.current_time() - start == 3
-        assert len(outcome) == 1
+        await assert_aclose_bounded_by_a_stuck_write(server, stream, 3)
         await peer.aclose()
 
 
