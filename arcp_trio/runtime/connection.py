@@ -2,28 +2,38 @@
 
 Theory of operation
 -------------------
-``Connection.run`` opens the connection's own nursery (``conn_nursery``) and serves
-it until the connection ends:
+``Connection.run`` serves the connection in the task that called it (the
+connection's task) until the connection ends. While there is work it opens the
+connection's own nursery (``conn_nursery``):
 
-* receive (the nursery's body, in the task that called ``run``): read a frame, note
-  it for liveness, decode it, hand it to the runtime's dispatcher. A malformed frame
-  or a failing request is answered with a correlated ``session.error`` and the loop
-  goes on (WIRE.md "Errors are correlated").
+* receive (the nursery's body): read a frame, note it for liveness, decode it, hand
+  it to the runtime's dispatcher. A malformed frame or a failing request is answered
+  with a correlated ``session.error`` and the loop goes on (WIRE.md "Errors are
+  correlated").
 * writer (a task in ``conn_nursery``, started on demand): when frames are queued and
   no writer is running, one is started; it takes everything queued (up to a batch
   limit), writes it with one ``send_messages`` call, and returns once the queue is
-  empty, so a chatty job costs a few large writes and an idle connection keeps no
-  writer task. One-off replies (pong, acknowledgements, pings) written while nothing
-  is queued go straight to the transport (``SendsNowait``) without any task.
+  empty, so a chatty job costs a few large writes. One-off replies (pong,
+  acknowledgements, pings) written while nothing is queued go straight to the
+  transport (``SendsNowait``) without any task.
 * heartbeat (§6.4, when negotiated): a deadline in the runtime's ``Timers``, not a
   task: ping an idle peer; after two silent intervals declare the connection dead.
+
+*Idle.* A transport that can tell when input is there (``ReportsReceivable``: a
+server WebSocket read by the ``ReadReactor``) lets the connection go idle: once
+nothing is queued to read or to write, the body returns, the nursery closes, and the
+task parks in a single wait (``_park``) with nothing else alive. A frame that needs
+the task (not a pong: that is taken inline), a queued frame, or the end of the
+connection wakes it (``_wake``) and it opens a new nursery. Transports that cannot
+tell keep one nursery for the connection's whole life, the body waiting in
+``receive_message``.
 
 Whatever ends one of them — the peer closing, a transport error, heartbeat loss,
 ``session.close``, a bug in a handler or in the heartbeat callback — ends *only this
 connection*: each runs behind a boundary that catches ``Exception``, logs it and
-cancels ``conn_nursery``. The runtime then detaches the session, which stays
-resumable, and no job is touched (§6.4, §6.7; the C# report in shared/context is
-what happens otherwise).
+ends the connection (``abort``: cancels ``conn_nursery``, or wakes the parked task).
+The runtime then detaches the session, which stays resumable, and no job is touched
+(§6.4, §6.7; the C# report in shared/context is what happens otherwise).
 """
 
 from __future__ import annotations
@@ -37,12 +47,13 @@ from ..protocol.session import HeartbeatAction, HeartbeatMonitor
 from ..transport.base import (
     MessageTooLarge,
     ReceivesInline,
+    ReportsReceivable,
     SendsNowait,
     Transport,
     TransportError,
 )
 from ..transport.outbox import Outbox
-from ..wire.codec import Envelope, decode, encode, encode_ping_frame
+from ..wire.codec import Envelope, decode, encode, encode_ping_frame, is_session_pong
 from ..wire.errors import ARCPError, ErrorCode, RemoteProtocolError
 from ..wire.ids import new_frame_id
 from ..wire.messages import MessageType, SessionError
@@ -70,6 +81,8 @@ class Connection:
         "_heartbeat",
         "_nowait",
         "_nursery",
+        "_parked",
+        "_running",
         "_scope",
         "_timers",
         "_welcome_answered",
@@ -103,8 +116,13 @@ class Connection:
         self._format_ping_time = format_ping_time
         self.outbox = Outbox(high_water=high_water)
         self._nowait = transport if isinstance(transport, SendsNowait) else None
+        #: The connection's nursery and its cancel scope, while it has work.
         self._nursery: trio.Nursery | None = None
         self._scope: trio.CancelScope | None = None
+        #: The connection's task while it waits in ``_park`` (see ``_wake``).
+        self._parked: trio.lowlevel.Task | None = None
+        #: ``run`` has started: frames may be written through (``send_now``).
+        self._running = False
         self._writer_active = False
         self._heartbeat: Timer | None = None
         self.close_reason = ""
@@ -141,7 +159,7 @@ class Connection:
         nowait = self._nowait
         if (
             nowait is not None
-            and self._nursery is not None
+            and self._running
             and not self._writer_active
             and not self.outbox.frames
             and not self.outbox.closed
@@ -211,40 +229,84 @@ class Connection:
             self._heartbeat = None
         if self._scope is not None:
             self._scope.cancel()
+        self._wake()
 
     # -- running --------------------------------------------------------------------------
 
     async def run(self) -> None:
         """Serve until the connection ends; never raises (except cancellation)."""
+        transport = self.transport
+        receivable = transport if isinstance(transport, ReportsReceivable) else None
         try:
-            async with trio.open_nursery() as conn_nursery:
-                self._scope = conn_nursery.cancel_scope
-                self._nursery = conn_nursery
-                if self.closed:
-                    conn_nursery.cancel_scope.cancel()
-                elif self.outbox.frames or self.outbox.stopping:
-                    # The welcome (and any replay) was queued before we started.
-                    self._start_writer()
-                if self.monitor is not None and not self.closed:
-                    self._heartbeat = self._timers.call_at(
-                        self.monitor.next_wakeup(), self._on_heartbeat
-                    )
-                    if isinstance(self.transport, ReceivesInline):
-                        self.transport.set_inline_handler(self._inline)
-                try:
-                    await self._guard(self._receive_loop, "receive")
-                finally:
-                    if isinstance(self.transport, ReceivesInline):
-                        self.transport.set_inline_handler(None)
-                    # Closed before the nursery starts closing: from here no frame is
-                    # queued and no writer started (producers are job tasks: they must
-                    # never meet a closed nursery).
-                    self.abort(self.close_reason or "connection ended")
-                    self._nursery = None
+            if self.monitor is not None and not self.closed:
+                self._heartbeat = self._timers.call_at(
+                    self.monitor.next_wakeup(), self._on_heartbeat
+                )
+                if isinstance(transport, ReceivesInline):
+                    transport.set_inline_handler(self._inline)
+            if receivable is not None:
+                receivable.set_receive_waker(self._wake)
+            self._running = True
+            while not self.closed:
+                if receivable is not None and not self._has_work(receivable):
+                    await self._park()
+                    continue
+                async with trio.open_nursery() as conn_nursery:
+                    self._scope = conn_nursery.cancel_scope
+                    self._nursery = conn_nursery
+                    if self.outbox.frames or self.outbox.stopping or self._write_pending:
+                        # The welcome (and any replay) was queued before we started.
+                        self._start_writer()
+                    try:
+                        await self._guard(self._receive_loop, "receive")
+                    finally:
+                        # No nursery from here: a frame queued now (by a job task,
+                        # which must never meet a closing nursery) wakes the task
+                        # instead of starting a writer, and the loop comes back.
+                        self._nursery = None
+                self._scope = None
         finally:
+            self._running = False
+            if receivable is not None:
+                receivable.set_receive_waker(None)
+            if isinstance(transport, ReceivesInline):
+                transport.set_inline_handler(None)
             self.abort(self.close_reason or "connection ended")
             with trio.move_on_after(5, shield=True):
-                await self.transport.aclose()
+                await transport.aclose()
+
+    @property
+    def _write_pending(self) -> bool:
+        return self._nowait is not None and self._nowait.write_pending
+
+    def _has_work(self, receivable: ReportsReceivable) -> bool:
+        """Whether the task has something to do (else the transport will wake it)."""
+        return (
+            self.closed
+            or bool(self.outbox.frames)
+            or self.outbox.stopping
+            or self._write_pending
+            or receivable.receive_ready()
+        )
+
+    async def _park(self) -> None:
+        """Wait, holding nothing, until ``_wake`` (or cancellation)."""
+        self._parked = trio.lowlevel.current_task()
+        try:
+            await trio.lowlevel.wait_task_rescheduled(self._unpark)
+        finally:
+            self._parked = None
+
+    def _unpark(self, _raise_cancel: object) -> trio.lowlevel.Abort:
+        self._parked = None
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    def _wake(self) -> None:
+        """Reschedule the parked task, if it is parked (spurious calls are harmless)."""
+        task = self._parked
+        if task is not None:
+            self._parked = None
+            trio.lowlevel.reschedule(task)
 
     async def _guard(self, task: Callable[[], Awaitable[None]], name: str) -> None:
         """The connection's edge: whatever a task raises ends this connection only.
@@ -275,8 +337,11 @@ class Connection:
         self.abort(self.close_reason or f"{name} task ended")
 
     def _start_writer(self) -> None:
-        if self._nursery is None or self._writer_active or self.outbox.closed:
-            return  # ``run`` starts it; or one is running; or the connection is over
+        if self._writer_active or self.outbox.closed:
+            return  # one is running; or the connection is over
+        if self._nursery is None:
+            self._wake()  # ``run`` starts it (before it runs, or when idle)
+            return
         self._writer_active = True
         self._nursery.start_soon(self._guard, self._write, "send")
 
@@ -287,12 +352,22 @@ class Connection:
             await self.outbox.drain(self.transport)
         finally:
             self._writer_active = False
+            self._wake()  # the receive loop may be waiting for the writer to finish
         if self.outbox.stopping:
             self.abort(self.close_reason or "closed after flush")
 
     async def _receive_loop(self) -> None:
+        """Receive and dispatch; returns when idle (``ReportsReceivable`` only)."""
         monitor = self.monitor
+        transport = self.transport
+        receivable = transport if isinstance(transport, ReportsReceivable) else None
         while True:
+            if receivable is not None and not receivable.receive_ready():
+                if not self._writer_active and not self.outbox.frames:
+                    self._nursery = None  # nothing may start in a closing nursery
+                    return
+                await self._park()  # until input, the writer's end, or an abort
+                continue
             try:
                 text = await self.transport.receive_message()
             except MessageTooLarge as exc:
@@ -342,13 +417,8 @@ class Connection:
         monitor = self.monitor
         if monitor is not None:
             monitor.received(trio.current_time())
-        if len(text) > 1024 or _PONG_TYPE not in text:
-            return False
-        try:
-            if decode(text).type != MessageType.SESSION_PONG:
-                return False
-        except RemoteProtocolError:
-            return False  # the receive loop answers it with INVALID_REQUEST
+        if len(text) > 1024 or _PONG_TYPE not in text or not is_session_pong(text):
+            return False  # not a pong; or not a valid one: INVALID_REQUEST from the loop
         if not self.token_confirmed:
             self._welcome_answered(self)  # as the dispatcher does for any first frame
         return True

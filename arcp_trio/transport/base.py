@@ -29,6 +29,7 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
     "MessageTooLarge",
     "ReceivesInline",
+    "ReportsReceivable",
     "SendsNowait",
     "Transport",
     "TransportBroken",
@@ -159,6 +160,28 @@ class ReceivesInline(Protocol):
     def set_inline_handler(self, handler: Callable[[str], bool] | None) -> None:
         """``handler(text)`` sees each whole message that arrives with nothing queued
         ahead of it, synchronously; True: handled, ``receive_message`` skips it."""
+        ...
+
+
+@runtime_checkable
+class ReportsReceivable(Protocol):
+    """A transport that can say whether input is there without waiting for it (optional).
+
+    The runtime's connections use it to keep an idle connection cheap: instead of a
+    task suspended deep in ``receive_message`` (with a nursery around it), the
+    connection's task parks in one shallow wait until the waker is called. On a
+    server reading through a ``ReadReactor`` nothing in the task waits on the socket.
+    """
+
+    def set_receive_waker(self, waker: Callable[[], None] | None) -> None:
+        """``waker()`` is called, synchronously and from any task, when input arrives
+        after ``receive_ready`` returned False. Spurious calls are allowed."""
+        ...
+
+    def receive_ready(self) -> bool:
+        """True: ``receive_message`` has something to act on without waiting for the
+        network (a queued message, an error, the end of the stream), or this transport
+        cannot tell. False: nothing is there; the waker will be called when it is."""
         ...
 
 

@@ -67,6 +67,7 @@ from wsproto.events import (
     CloseConnection,
     Event,
     Ping,
+    Pong,
     RejectConnection,
     Request,
     TextMessage,
@@ -180,6 +181,7 @@ class WebSocketTransport(TransportState):
         # Reads by the reactor (server sockets only): see the module docstring.
         self._reactor: ReadReactor | None = None
         self._inline: Callable[[str], bool] | None = None
+        self._waker: Callable[[], None] | None = None
         self._data_ready: trio.Event | None = None
         self._read_error: str | None = None
         if reactor is not None and not ws.client and isinstance(stream, trio.SocketStream):
@@ -382,11 +384,39 @@ class WebSocketTransport(TransportState):
         """
         self._inline = handler
 
+    def set_receive_waker(self, waker: Callable[[], None] | None) -> None:
+        """``ReportsReceivable``: called when input arrives after ``receive_ready``
+        said there was none."""
+        self._waker = waker
+
+    def receive_ready(self) -> bool:
+        """``ReportsReceivable``: whether ``receive_message`` would act without waiting.
+
+        Always True without a reactor (the receiving task reads the socket itself).
+        False resumes reading through the reactor, which calls the waker (and pauses
+        the socket again) once something is queued.
+        """
+        if (
+            self._events
+            or self._closed
+            or self._stream_closed
+            or self._eof
+            or self._read_error is not None
+        ):
+            return True
+        reactor = self._reactor
+        if reactor is None or reactor.closed:
+            return True
+        reactor.resume(self._read_fd)
+        return False
+
     def _wake_reader(self) -> None:
         if self._reactor is not None:
             self._reactor.pause(self._read_fd)
         if self._data_ready is not None:
             self._data_ready.set()
+        if self._waker is not None:
+            self._waker()
 
     async def _reactor_read(self) -> None:
         """Wait for the reactor to queue events (or record why it cannot)."""
@@ -459,21 +489,41 @@ class WebSocketTransport(TransportState):
             self._wake_reader()
             return
         inline = self._inline
-        if (
-            inline is not None
-            and not self._events
-            and not self._text_parts
-            and not self._byte_parts
-            and not self._discarding
-        ):
-            taken = 0
-            # Only whole messages with nothing unhandled before them: order holds.
-            while taken < len(events) and self._offer_inline(inline, events[taken]):
-                taken += 1
-            del events[:taken]
-        if events or self._eof:
-            self._events[:0] = events[::-1]
+        # Whole messages with nothing unhandled before them may go to the inline
+        # handler: order holds. Control frames never need the receiving task when
+        # they can be dealt with here.
+        in_order = inline is not None and not (
+            self._events or self._text_parts or self._byte_parts or self._discarding
+        )
+        queued: list[Event] = []
+        for event in events:
+            if in_order and not queued and inline and self._offer_inline(inline, event):
+                continue
+            if isinstance(event, Pong):
+                continue  # nothing to do (we never send pings)
+            if isinstance(event, Ping) and self._pong_nowait(event):
+                continue
+            queued.append(event)
+        if queued or self._eof:
+            self._events[:0] = queued[::-1]
             self._wake_reader()
+
+    def _pong_nowait(self, ping: Ping) -> bool:
+        """Answer a ping from the reactor if the socket takes the pong whole, now."""
+        if self._fd < 0 or self._control or self._send_lock.locked() or not self._writable():
+            return False
+        data = self._ws.send(ping.response())
+        try:
+            sent = os.write(self._fd, data)
+        except OSError:
+            return False  # full or failed: the receiving task answers it
+        if sent < len(data):
+            # Flushed first by the next write; the owner learns of it through
+            # ``write_pending`` (``SendsNowait``) when woken.
+            self._control += data[sent:]
+            if self._waker is not None:
+                self._waker()
+        return True
 
     async def _handle_event(self, event: Event) -> str | None:
         if isinstance(event, (TextMessage, BytesMessage)):

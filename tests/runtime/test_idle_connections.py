@@ -1,0 +1,219 @@
+"""Idle connections over a real WebSocket: the connection's task parks with nothing
+else alive, and everything that needs it wakes it.
+
+These run the runtime's WebSocket server on 127.0.0.1 with the read reactor (Linux),
+the only transport that reports when input is there (``ReportsReceivable``).
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import trio
+import trio.testing
+from wsproto.events import Ping, Pong
+
+from arcp_trio.demo_agents import demo_registry
+from arcp_trio.runtime.config import RuntimeConfig
+from arcp_trio.runtime.runtime import open_runtime
+from arcp_trio.runtime.serve import serve_websocket
+from arcp_trio.transport.reactor import reactor_available
+from arcp_trio.transport.websocket import WebSocketTransport, connect_websocket
+from arcp_trio.wire.codec import encode_ping_frame
+from arcp_trio.wire.ids import new_frame_id
+from arcp_trio.wire.timestamps import system_timestamp
+from tests.helpers import TOKENS, Peer, trio_wall_clock
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable
+
+    from wsproto.connection import Connection as WSFrames
+
+    from arcp_trio.runtime.connection import Connection
+    from arcp_trio.runtime.runtime import Runtime
+
+pytestmark = pytest.mark.skipif(not reactor_available(), reason="the read reactor needs epoll")
+
+GUARD = 10
+
+
+@asynccontextmanager
+async def websocket_runtime(
+    config: RuntimeConfig | None = None,
+) -> AsyncIterator[tuple[Runtime, str]]:
+    async with (
+        open_runtime(
+            agents=demo_registry(),
+            tokens=TOKENS,
+            config=config or RuntimeConfig(),
+            wall_clock=trio_wall_clock,
+        ) as rt,
+        trio.open_nursery() as nursery,
+    ):
+        info = await nursery.start(serve_websocket, rt, "127.0.0.1", 0)
+        yield rt, info.url
+        nursery.cancel_scope.cancel()
+
+
+async def attach(rt: Runtime, url: str) -> tuple[Peer, Connection]:
+    peer = Peer(await connect_websocket(url))
+    await peer.hello()
+    session = rt.session(peer.session_id)  # type: ignore[arg-type]
+    assert session is not None
+    assert session.connection is not None
+    return peer, session.connection
+
+
+async def wait_until(predicate: Callable[[], bool]) -> None:
+    """Poll state that real socket I/O changes (the caller's guard bounds the wait)."""
+    while not predicate():  # noqa: ASYNC110 - nothing to wait on but the state itself
+        await trio.sleep(0.005)
+
+
+async def until_parked(connection: Connection) -> None:
+    """Wait until the connection's task is parked idle (not waiting for its writer
+    inside the nursery)."""
+    await wait_until(lambda: connection._parked is not None and connection._nursery is None)
+
+
+def count_wakes(connection: Connection) -> list[int]:
+    """Count the transport's calls of the connection's waker."""
+    calls = [0]
+    transport = connection.transport
+    assert isinstance(transport, WebSocketTransport)
+
+    def counting() -> None:
+        calls[0] += 1
+        connection._wake()
+
+    transport.set_receive_waker(counting)
+    return calls
+
+
+async def test_an_idle_connection_parks_with_no_nursery_and_wakes_for_a_request() -> None:
+    with trio.fail_after(GUARD):
+        async with websocket_runtime() as (rt, url):
+            peer, connection = await attach(rt, url)
+            await until_parked(connection)
+            assert connection._nursery is None
+            assert connection._scope is None
+            # A request wakes it; it answers, runs the job, and parks again.
+            submit_id = await peer.send("job.submit", {"agent": "echo", "input": {"n": 1}})
+            accepted = await peer.recv_type("job.accepted")
+            assert accepted["payload"]["request_id"] == submit_id
+            frames = await peer.recv_terminal(accepted["job_id"])
+            assert frames[-1]["type"] == "job.result"
+            await until_parked(connection)
+            assert connection._nursery is None
+            assert rt.session(peer.session_id).connection is connection  # type: ignore[arg-type, union-attr]
+            await peer.transport.aclose()
+
+
+async def test_events_of_a_running_job_wake_a_parked_connection() -> None:
+    """A job's events are queued from the job's task; the parked connection's task
+    wakes, writes them and parks again between ticks."""
+    with trio.fail_after(GUARD):
+        async with websocket_runtime() as (rt, url):
+            peer, connection = await attach(rt, url)
+            ticks = {"count": 3, "interval": 0.2}
+            await peer.send("job.submit", {"agent": "ticker", "input": ticks})
+            accepted = await peer.recv_type("job.accepted")
+            first = await peer.recv_type("job.event")
+            assert first["payload"]["body"]["current"] == 1
+            await until_parked(connection)  # between two ticks
+            frames = await peer.recv_terminal(accepted["job_id"])
+            ticks = [f["payload"]["body"]["current"] for f in frames if f["type"] == "job.event"]
+            assert ticks == [2, 3]
+            assert frames[-1]["type"] == "job.result"
+            seqs = [first["event_seq"]] + [f["event_seq"] for f in frames]
+            assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # gap-free (§8.3)
+            await peer.transport.aclose()
+
+
+async def test_ending_a_parked_connection_detaches_its_session() -> None:
+    with trio.fail_after(GUARD):
+        async with websocket_runtime(RuntimeConfig(resume_window_sec=60)) as (rt, url):
+            peer, connection = await attach(rt, url)
+            session = connection.session
+            await until_parked(connection)
+            connection.abort("test: ended while parked")
+            with pytest.raises(Exception, match="closed"):
+                await peer.recv(timeout=GUARD)
+            await wait_until(lambda: session.connection is None)
+            assert rt.session(peer.session_id) is session  # type: ignore[arg-type]  # resumable
+
+
+async def test_heartbeat_loss_ends_a_parked_connection() -> None:
+    """§6.4: two silent intervals end the connection even while its task is parked."""
+    config = RuntimeConfig(heartbeat_interval_sec=1, resume_window_sec=60)
+    with trio.fail_after(GUARD):
+        async with websocket_runtime(config) as (rt, url):
+            peer, connection = await attach(rt, url)
+            session = connection.session
+            await until_parked(connection)
+            await wait_until(lambda: session.connection is None)  # we never answer pings
+            assert connection.close_reason == "HEARTBEAT_LOST"
+            assert rt.session(peer.session_id) is session  # type: ignore[arg-type]
+            await peer.transport.aclose()
+
+
+async def test_pongs_and_websocket_pings_never_wake_a_parked_connection() -> None:
+    """A heartbeat pong (§6.4) is taken inline, and a WebSocket ping is answered by
+    the reactor (RFC 6455 §5.5.2): neither wakes the connection's task."""
+    config = RuntimeConfig(heartbeat_interval_sec=1, resume_window_sec=60)
+    with trio.fail_after(GUARD):
+        async with websocket_runtime(config) as (rt, url):
+            peer, connection = await attach(rt, url)
+            await until_parked(connection)
+            wakes = count_wakes(connection)
+            for _ in range(2):
+                ping = await peer.recv()
+                assert ping["type"] == "session.ping"
+                await peer.send("session.pong", {"ping_nonce": ping["payload"]["nonce"]})
+            # A WebSocket-level ping, written by hand on the client's stream.
+            client: Any = peer.transport
+            frames: WSFrames = client._ws
+            await client._stream.send_all(frames.send(Ping(payload=b"are you there")))
+            pongs: list[bytes] = []
+            while not pongs:
+                data = await client._stream.receive_some(4096)
+                frames.receive_data(data)
+                pongs += [e.payload for e in frames.events() if isinstance(e, Pong)]
+            assert pongs == [b"are you there"]
+            assert wakes == [0]
+            assert connection._parked is not None
+            assert session_is_live(rt, peer, connection)
+            await peer.transport.aclose()
+
+
+def session_is_live(rt: Runtime, peer: Peer, connection: Connection) -> bool:
+    session = rt.session(peer.session_id)  # type: ignore[arg-type]
+    return session is not None and session.connection is connection and not connection.closed
+
+
+async def test_a_frame_queued_while_the_nursery_closes_is_written() -> None:
+    """The race the idle switch must not lose: a frame queued in the scheduling steps
+    between the receive loop going idle and the task parking is still written."""
+    with trio.fail_after(GUARD):
+        async with websocket_runtime() as (rt, url):
+            peer, connection = await attach(rt, url)
+            for i in range(30):
+                await until_parked(connection)
+                await peer.send("session.list_jobs", {})  # wakes it; it goes idle again
+                for _ in range(i % 6):
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                nonce = new_frame_id()
+                connection.enqueue(
+                    encode_ping_frame(
+                        frame_id=new_frame_id(),
+                        session_id=connection.session.session_id,
+                        nonce=nonce,
+                        sent_at=system_timestamp(),
+                    )
+                )
+                got = {f["type"]: f for f in [await peer.recv(), await peer.recv()]}
+                assert set(got) == {"session.jobs", "session.ping"}
+                assert got["session.ping"]["payload"]["nonce"] == nonce
+            await peer.transport.aclose()
