@@ -141,28 +141,9 @@ def unstructure_payload(payload: Any) -> dict[str, Any]:
 _ENVELOPE_STRINGS: Final = ("session_id", "job_id")
 
 
-def decode(text: str | bytes) -> Envelope:
-    """Parse one inbound frame.
-
-    Raises:
-        RemoteProtocolError: ``INVALID_REQUEST`` for anything that is not a valid
-            ARCP envelope of a known type; ``.request_id`` is the frame's ``id`` when
-            it had a string one, so the reply can be correlated.
-    """
-    try:
-        data = json.loads(text)
-    except (ValueError, UnicodeDecodeError):
-        raise RemoteProtocolError("frame is not valid JSON") from None
-    except RecursionError:
-        # The parser gives up on deep nesting by recursion; that is the peer's fault.
-        raise RemoteProtocolError("frame is nested too deeply") from None
-    if not isinstance(data, dict):
-        raise RemoteProtocolError(f"frame must be a JSON object, got {type(data).__name__}")
-
-    raw_id = data.get("id")
-    request_id = raw_id if isinstance(raw_id, str) else None
+def _envelope_errors(data: dict[str, Any], raw_id: Any, request_id: str | None) -> list[str]:
+    """What is wrong with a frame's envelope fields (everything but the payload's schema)."""
     errors: list[str] = []
-
     version = data.get("arcp", ARCP_VERSION)
     if version != ARCP_VERSION:
         errors.append(f"unsupported arcp version {version!r} @ $.arcp")
@@ -188,10 +169,64 @@ def decode(text: str | bytes) -> Envelope:
     ):
         errors.append("event_seq must be an integer >= 1 @ $.event_seq")
     payload = data.get("payload")
+    if payload is not None and not isinstance(payload, dict):
+        errors.append("payload must be a JSON object @ $.payload")
+    return errors
+
+
+def is_session_pong(text: str) -> bool:
+    """Whether ``decode(text)`` would return a ``session.pong`` — without building it.
+
+    Idle sessions answer one ping per heartbeat interval each (§6.4), so the runtime
+    checks their pongs this way: the same verdict as ``decode`` (a property test
+    holds the two together), at a fraction of the cost. Never raises.
+    """
+    try:
+        data = json.loads(text)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return False
+    if not isinstance(data, dict) or data.get("type") != "session.pong":
+        return False
+    payload = data.get("payload")
+    if not isinstance(payload, dict):
+        return False
+    # SessionPong: ping_nonce a string (required), received_at a string or null.
+    received_at = payload.get("received_at")
+    if not isinstance(payload.get("ping_nonce"), str) or not (
+        received_at is None or isinstance(received_at, str)
+    ):
+        return False
+    raw_id = data.get("id")
+    return not _envelope_errors(data, raw_id, raw_id if isinstance(raw_id, str) else None)
+
+
+def decode(text: str | bytes) -> Envelope:
+    """Parse one inbound frame.
+
+    Raises:
+        RemoteProtocolError: ``INVALID_REQUEST`` for anything that is not a valid
+            ARCP envelope of a known type; ``.request_id`` is the frame's ``id`` when
+            it had a string one, so the reply can be correlated.
+    """
+    try:
+        data = json.loads(text)
+    except (ValueError, UnicodeDecodeError):
+        raise RemoteProtocolError("frame is not valid JSON") from None
+    except RecursionError:
+        # The parser gives up on deep nesting by recursion; that is the peer's fault.
+        raise RemoteProtocolError("frame is nested too deeply") from None
+    if not isinstance(data, dict):
+        raise RemoteProtocolError(f"frame must be a JSON object, got {type(data).__name__}")
+
+    raw_id = data.get("id")
+    request_id = raw_id if isinstance(raw_id, str) else None
+    errors = _envelope_errors(data, raw_id, request_id)
+    message_type = data.get("type")
+    trace_id = data.get("trace_id")
+    event_seq = data.get("event_seq")
+    payload = data.get("payload")
     if payload is None:
         payload = {}
-    elif not isinstance(payload, dict):
-        errors.append("payload must be a JSON object @ $.payload")
     if errors:
         raise RemoteProtocolError(
             f"invalid envelope: {'; '.join(errors)}",

@@ -9,10 +9,18 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 import trio
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
-from arcp_trio.wire.codec import Envelope, decode, encode, encode_job_frame, encode_ping_frame
+from arcp_trio.testing.strategies import envelopes, hostile_frames, json_values
+from arcp_trio.wire.codec import (
+    Envelope,
+    decode,
+    encode,
+    encode_job_frame,
+    encode_ping_frame,
+    is_session_pong,
+)
 from arcp_trio.wire.errors import (
     BudgetExhausted,
     ErrorCode,
@@ -236,6 +244,86 @@ def test_hostile_envelopes_fail_cleanly(frame: dict[str, object]) -> None:
     except RemoteProtocolError as exc:
         outcome = exc.code
     assert outcome == ErrorCode.INVALID_REQUEST or hasattr(outcome, "payload")
+
+
+def _pong_text(**fields: object) -> str:
+    frame: dict[str, object] = {
+        "arcp": "1.1",
+        "id": "01JF00000000000000000000AB",
+        "type": "session.pong",
+        "session_id": "sess_01JF00000000000000000000AB",
+        "payload": {"ping_nonce": "01JF00000000000000000000AC"},
+    }
+    frame.update(fields)
+    return json.dumps(frame)
+
+
+_PONG_FIELDS = [
+    ("arcp",),
+    ("id",),
+    ("type",),
+    ("session_id",),
+    ("job_id",),
+    ("trace_id",),
+    ("event_seq",),
+    ("payload",),
+    ("payload", "ping_nonce"),
+    ("payload", "received_at"),
+]
+_MISSING = object()
+
+
+@st.composite
+def _mutated_pongs(draw: st.DrawFn) -> str:
+    """A valid pong with one field replaced by an arbitrary JSON value, or removed."""
+    frame = draw(envelopes([MessageType.SESSION_PONG]))
+    path = draw(st.sampled_from(_PONG_FIELDS))
+    value = draw(
+        st.one_of(st.just(_MISSING), st.sampled_from(["1.1", "session.pong"]), json_values())
+    )
+    target = frame
+    if len(path) == 2:
+        if not isinstance(frame.get("payload"), dict):
+            frame["payload"] = {}
+        target = frame["payload"]
+    if value is _MISSING:
+        target.pop(path[-1], None)
+    else:
+        target[path[-1]] = value
+    return json.dumps(frame)
+
+
+@given(
+    st.one_of(
+        envelopes([MessageType.SESSION_PONG]).map(json.dumps),
+        _mutated_pongs(),
+        hostile_frames(huge=False).map(lambda hostile: hostile.text),
+        envelopes().map(json.dumps),
+    )
+)
+@example(_pong_text())
+@example(_pong_text(payload={"ping_nonce": "n", "received_at": None}))
+@example(_pong_text(payload={"received_at": "2026-05-13T19:42:13.020Z"}))
+@example(_pong_text(payload={"ping_nonce": 7}))
+@example(_pong_text(payload={"ping_nonce": "n", "received_at": 7}))
+@example(_pong_text(payload=None))
+@example(_pong_text(payload=["ping_nonce"]))
+@example(_pong_text(id="not an id"))
+@example(_pong_text(arcp="1.0"))
+@example(_pong_text(session_id=5))
+@example(_pong_text(trace_id="0" * 32))
+@example(_pong_text(event_seq=True))
+@example(_pong_text(type="session.ping"))
+@example('["session.pong"]')
+@example('{"type":"session.pong",')
+def test_the_pong_check_gives_the_decoders_verdict(text: str) -> None:
+    """§6.4: idle sessions' pongs skip the full decode; a pong that ``decode`` would
+    refuse (answered with INVALID_REQUEST) must not be taken for one."""
+    try:
+        expected = decode(text).type == MessageType.SESSION_PONG
+    except RemoteProtocolError:
+        expected = False
+    assert is_session_pong(text) is expected
 
 
 def test_ping_frame_fast_path_matches_the_general_encoder() -> None:
