@@ -61,10 +61,16 @@ ALL_FEATURES: tuple[str, ...] = (
 )
 
 
+#: Every distinct negotiated set, shared by the sessions that negotiated it (a few
+#: hundred bytes a session otherwise). Bounded: each is a subset of what we offer.
+_FEATURE_SETS: dict[frozenset[str], frozenset[str]] = {}
+
+
 def negotiate_features(ours: Sequence[str], theirs: Iterable[str]) -> frozenset[str]:
     """§6.2: "The effective feature set is the intersection"."""
     wanted = set(theirs)
-    return frozenset(feature for feature in ours if feature in wanted)
+    features = frozenset(feature for feature in ours if feature in wanted)
+    return _FEATURE_SETS.setdefault(features, features)
 
 
 class Dialect(enum.Enum):

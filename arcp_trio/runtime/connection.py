@@ -251,20 +251,7 @@ class Connection:
                 if receivable is not None and not self._has_work(receivable):
                     await self._park()
                     continue
-                async with trio.open_nursery() as conn_nursery:
-                    self._scope = conn_nursery.cancel_scope
-                    self._nursery = conn_nursery
-                    if self.outbox.frames or self.outbox.stopping or self._write_pending:
-                        # The welcome (and any replay) was queued before we started.
-                        self._start_writer()
-                    try:
-                        await self._guard(self._receive_loop, "receive")
-                    finally:
-                        # No nursery from here: a frame queued now (by a job task,
-                        # which must never meet a closing nursery) wakes the task
-                        # instead of starting a writer, and the loop comes back.
-                        self._nursery = None
-                self._scope = None
+                await self._serve_work()
         finally:
             self._running = False
             if receivable is not None:
@@ -274,6 +261,27 @@ class Connection:
             self.abort(self.close_reason or "connection ended")
             with trio.move_on_after(5, shield=True):
                 await transport.aclose()
+
+    async def _serve_work(self) -> None:
+        """Run the connection's nursery until it is idle (or for good, see ``run``).
+
+        A method of its own, so that nothing of a finished nursery stays referenced
+        from ``run``'s frame while the task is parked.
+        """
+        async with trio.open_nursery() as conn_nursery:
+            self._scope = conn_nursery.cancel_scope
+            self._nursery = conn_nursery
+            if self.outbox.frames or self.outbox.stopping or self._write_pending:
+                # The welcome (and any replay) was queued before we started.
+                self._start_writer()
+            try:
+                await self._guard(self._receive_loop, "receive")
+            finally:
+                # No nursery from here: a frame queued now (by a job task, which must
+                # never meet a closing nursery) wakes the task instead of starting a
+                # writer, and ``run`` comes back.
+                self._nursery = None
+        self._scope = None
 
     @property
     def _write_pending(self) -> bool:

@@ -1,10 +1,13 @@
-"""WebSocket transport: RFC 6455 over any Trio stream, driven by wsproto.
+"""WebSocket transport: RFC 6455 over any Trio stream.
 
 Theory of operation
 -------------------
-A :class:`WebSocketTransport` pairs one ``trio.abc.Stream`` with one
-``wsproto.WSConnection`` whose opening handshake is complete. wsproto is sans-IO: it
-turns bytes into events and events into bytes; this module owns every read and write.
+A :class:`WebSocketTransport` pairs one ``trio.abc.Stream`` with one sans-IO frame
+layer whose opening handshake is complete: it turns bytes into events and events into
+bytes; this module owns every read and write. wsproto does both opening handshakes
+and the client's frames; a server's frames go through our own ``FrameConnection``
+(:mod:`arcp_trio.transport.wsframes`, the same events and states at a fraction of
+the cost: a server carries thousands of connections).
 
 *Sending.* Every write to the stream happens under ``_send_lock`` (a
 ``StrictFIFOLock``), so frames from concurrent senders never interleave — except
@@ -84,6 +87,7 @@ from arcp_trio.transport.base import (
     utf8_size,
 )
 from arcp_trio.transport.reactor import ReadReactor, reactor_available
+from arcp_trio.transport.wsframes import FrameConnection, server_text_frames
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -122,7 +126,8 @@ class WebSocketTransport(TransportState):
 
     Args:
         stream: the byte stream under the WebSocket (owned from now on).
-        connection: the wsproto connection, in state ``OPEN``.
+        connection: the frame layer, in state ``OPEN``: our ``FrameConnection`` (what
+            the server handshake gives), or wsproto's connection (the client's).
         max_message_size: inbound limit per message, in bytes.
         close_timeout: seconds ``aclose`` spends on the closing handshake at most.
         description: peer description for logs.
@@ -133,7 +138,7 @@ class WebSocketTransport(TransportState):
     def __init__(
         self,
         stream: trio.abc.Stream,
-        connection: WSConnection | Connection,
+        connection: WSConnection | Connection | FrameConnection,
         *,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
@@ -148,7 +153,7 @@ class WebSocketTransport(TransportState):
         # handshake objects saves about 2 KiB per connection.
         ws = connection.connection if isinstance(connection, WSConnection) else connection
         assert ws is not None  # an OPEN WSConnection has its frame connection
-        self._ws: Connection = ws
+        self._ws: Connection | FrameConnection = ws
         #: The socket's descriptor for ``send_nowait`` (-1: not available). Only
         #: servers (unmasked frames we build ourselves), only on POSIX, and only when
         #: SIGPIPE is ignored (Python's default), so a write to a reset socket raises.
@@ -163,7 +168,9 @@ class WebSocketTransport(TransportState):
         self._max_message_size = max_message_size
         self._close_timeout = close_timeout
         super().__init__(description)
-        self._send_lock = trio.StrictFIFOLock()
+        #: Created at the first write that needs it (``_lock``): idle connections that
+        #: only ever write through ``send_nowait`` never do.
+        self._send_lock: trio.StrictFIFOLock | None = None
         self._control = bytearray()
         # Parsed events not handled yet, *newest first* (the next is ``pop()``): a list
         # costs an idle connection 56 bytes where a deque costs over 600.
@@ -177,7 +184,10 @@ class WebSocketTransport(TransportState):
         self._stream_closed = False
         self._eof = False
         self._receiving = False
-        self._close_seen = trio.Event()
+        #: The peer's close frame (or the end) was seen; the event exists only while
+        #: ``aclose`` waits for a receiving task to see it.
+        self._close_was_seen = False
+        self._close_seen: trio.Event | None = None
         # Reads by the reactor (server sockets only): see the module docstring.
         self._reactor: ReadReactor | None = None
         self._inline: Callable[[str], bool] | None = None
@@ -195,13 +205,29 @@ class WebSocketTransport(TransportState):
         if self._broken is None:
             self._broken = reason
             log.info("websocket ended peer=%s reason=%s", self._description, reason)
-        self._close_seen.set()
+        self._note_close_seen()
 
     async def _fail(self, reason: str) -> NoReturn:
         """Mark the transport broken, close the stream, raise ``TransportBroken``."""
         self._mark_broken(reason)
         await self._close_stream()
         raise self._unusable_error()
+
+    def _note_close_seen(self) -> None:
+        self._close_was_seen = True
+        if self._close_seen is not None:
+            self._close_seen.set()
+
+    def _lock(self) -> trio.StrictFIFOLock:
+        """The send lock (see the module docstring), created on first use."""
+        if self._send_lock is None:
+            self._send_lock = trio.StrictFIFOLock()
+        return self._send_lock
+
+    @property
+    def _sending(self) -> bool:
+        """A write holds the send lock."""
+        return self._send_lock is not None and self._send_lock.locked()
 
     def _writable(self, states: frozenset[ConnectionState] = _CAN_SEND) -> bool:
         """Whether a frame may be written now (re-read after every await)."""
@@ -233,11 +259,11 @@ class WebSocketTransport(TransportState):
         and closed (later calls raise ``TransportBroken``).
         """
         self._check_usable()
-        async with self._send_lock:
+        async with self._lock():
             self._check_usable()
             try:
                 if not self._ws.client and self._ws.state is ConnectionState.OPEN:
-                    data = _server_text_frames(messages)
+                    data = server_text_frames(messages)
                 else:
                     data = b"".join([self._ws.send(TextMessage(data=text)) for text in messages])
             except LocalProtocolError as exc:
@@ -261,14 +287,14 @@ class WebSocketTransport(TransportState):
         if (
             self._fd < 0
             or self._control
-            or self._send_lock.locked()
+            or self._sending
             or self._closed
             or self._broken is not None
             or self._stream_closed
             or self._ws.state is not ConnectionState.OPEN
         ):
             return False
-        data = _server_text_frames((message,))
+        data = server_text_frames((message,))
         try:
             sent = os.write(self._fd, data)
         except OSError:
@@ -310,10 +336,10 @@ class WebSocketTransport(TransportState):
         """Send a control frame from the receive path without waiting on a sender."""
         if not self._writable():
             return
-        if self._send_lock.locked():
+        if self._sending:
             self._control += self._ws.send(event)
             return
-        async with self._send_lock:
+        async with self._lock():
             if self._writable():
                 await self._write(self._ws.send(event))
 
@@ -510,7 +536,7 @@ class WebSocketTransport(TransportState):
 
     def _pong_nowait(self, ping: Ping) -> bool:
         """Answer a ping from the reactor if the socket takes the pong whole, now."""
-        if self._fd < 0 or self._control or self._send_lock.locked() or not self._writable():
+        if self._fd < 0 or self._control or self._sending or not self._writable():
             return False
         data = self._ws.send(ping.response())
         try:
@@ -599,7 +625,7 @@ class WebSocketTransport(TransportState):
         try:
             if reply is not None:
                 with trio.move_on_after(self._close_timeout):
-                    async with self._send_lock:
+                    async with self._lock():
                         if not self._stream_closed and self._ws.state in _CAN_CLOSE:
                             with contextlib.suppress(TransportError):
                                 await self._write(self._ws.send(reply))
@@ -621,7 +647,7 @@ class WebSocketTransport(TransportState):
             pass
         finally:
             # Also when cancelled: nobody is reading for aclose any more.
-            self._close_seen.set()
+            self._note_close_seen()
 
     # -- closing --------------------------------------------------------------------------
 
@@ -650,7 +676,7 @@ class WebSocketTransport(TransportState):
         if self._broken is not None or self._stream_closed:
             return
         try:
-            async with self._send_lock:
+            async with self._lock():
                 if self._writable(_CAN_CLOSE):
                     await self._write(self._ws.send(CloseConnection(code=code, reason=reason)))
         except (TransportError, LocalProtocolError):
@@ -659,7 +685,9 @@ class WebSocketTransport(TransportState):
             return
         if self._receiving:
             # The receiving task reads the peer's close frame for us.
-            await self._close_seen.wait()
+            if not self._close_was_seen:
+                self._close_seen = self._close_seen or trio.Event()
+                await self._close_seen.wait()
             return
         self._receiving = True
         try:
@@ -738,9 +766,12 @@ async def websocket_server_handshake(
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
         raise TransportBroken(f"{description}: WebSocket handshake failed: {exc!r}") from exc
     log.debug("accepted websocket peer=%s path=%s", description, path)
+    # From here our own frame layer (wsframes): wsproto's costs several times the
+    # CPU per frame and 1.5 KiB per connection. Like wsproto's server, it starts
+    # with nothing buffered: a client sends no frame before the 101 (RFC 6455 §4.1).
     return WebSocketTransport(
         stream,
-        ws,
+        FrameConnection(client=False),
         max_message_size=max_message_size,
         close_timeout=close_timeout,
         description=description,
@@ -895,29 +926,6 @@ async def connect_websocket(
             await trio.aclose_forcefully(stream)
             raise
     raise TransportBroken(f"{description}: timed out after {connect_timeout} s connecting to {url}")
-
-
-def _server_text_frames(messages: Sequence[str]) -> bytes:
-    """Unmasked, unfragmented text frames (RFC 6455 §5.2), as wsproto would write them.
-
-    The server's send path is the hot path: building frames here costs a fraction of
-    a ``WSConnection.send`` per frame. Only valid while the connection is OPEN (the
-    caller checks), when wsproto has no state to update for a complete data frame;
-    clients must mask, so they keep using wsproto.
-    """
-    parts: list[bytes] = []
-    append = parts.append
-    for text in messages:
-        payload = text.encode("utf-8")
-        size = len(payload)
-        if size < 126:
-            append(bytes((0x81, size)))
-        elif size < 65536:
-            append(b"\x81\x7e" + size.to_bytes(2, "big"))
-        else:
-            append(b"\x81\x7f" + size.to_bytes(8, "big"))
-        append(payload)
-    return b"".join(parts)
 
 
 # == server ===============================================================================
