@@ -13,7 +13,9 @@ driven synchronously by hypothesis:
   spec disagree (WIRE.md "Decisions").
 * ``HeartbeatMonitor``: §6.4 liveness. Any inbound frame counts; after one quiet
   interval we ping (so an idle peer has something to answer), after two we declare
-  the connection dead. Death ends only the connection, never a job (§6.4).
+  the connection dead. Death ends only the connection, never a job (§6.4). A pong
+  answers a ping: it proves the peer alive but does not postpone the next ping, so
+  an idle peer is pinged at a steady cadence.
 * ``ResumeWindow``: when a detached session may be forgotten.
 """
 
@@ -102,7 +104,8 @@ class HeartbeatMonitor:
     """§6.4 liveness for one connection, driven by ``now`` (Trio seconds).
 
     ``interval`` is ``heartbeat_interval_sec``. Call ``received(now)`` for every
-    inbound frame and ``poll(now)`` when ``next_wakeup()`` arrives.
+    inbound frame (``answered(now)`` for a pong, if the caller tells it apart) and
+    ``poll(now)`` when ``next_wakeup()`` arrives.
 
     ``slack``: how early a ping may go out. A timer that may wake up to ``slack``
     late (``Timers.granularity``) still pings within the interval this way; death is
@@ -110,11 +113,25 @@ class HeartbeatMonitor:
     """
 
     interval: float
+    #: The last inbound frame of any kind: what death is measured from.
     last_received: float
     last_ping_sent: float = -math.inf
     slack: float = 0.0
+    #: The last inbound frame that was not a pong: what pings are scheduled from.
+    last_heard: float = attrs.field(
+        default=attrs.Factory(lambda self: self.last_received, takes_self=True)
+    )
 
     def received(self, now: float) -> None:
+        self.last_received = self.last_heard = now
+
+    def answered(self, now: float) -> None:
+        """A pong arrived: the peer is alive; the next ping keeps its time.
+
+        Were a pong to postpone the next ping, the ping's timer would wake to find
+        it not yet due (by the round trip) and sleep again: one wasted wake-up per
+        interval per idle session.
+        """
         self.last_received = now
 
     def poll(self, now: float) -> HeartbeatAction:
@@ -125,14 +142,14 @@ class HeartbeatMonitor:
         if now >= self.last_received + 2 * self.interval:
             return HeartbeatAction.DEAD
         # An idle counterpart gets a ping to answer, once per interval of silence.
-        if now >= max(self.last_received, self.last_ping_sent) + self.interval - self.slack:
+        if now >= max(self.last_heard, self.last_ping_sent) + self.interval - self.slack:
             self.last_ping_sent = now
             return HeartbeatAction.SEND_PING
         return HeartbeatAction.NONE
 
     def next_wakeup(self) -> float:
         """The earliest Trio time at which ``poll`` may return something new."""
-        ping_due = max(self.last_received, self.last_ping_sent) + self.interval - self.slack
+        ping_due = max(self.last_heard, self.last_ping_sent) + self.interval - self.slack
         return min(ping_due, self.last_received + 2 * self.interval)
 
 

@@ -422,11 +422,13 @@ class Connection:
         other frame, and a pong that does not decode, is left to the receive loop.
         Never raises.
         """
-        monitor = self.monitor
-        if monitor is not None:
-            monitor.received(trio.current_time())
         if len(text) > 1024 or _PONG_TYPE not in text or not is_session_pong(text):
-            return False  # not a pong; or not a valid one: INVALID_REQUEST from the loop
+            # Not a pong, or not a valid one (INVALID_REQUEST from the loop): alive.
+            if self.monitor is not None:
+                self.monitor.received(trio.current_time())
+            return False
+        if self.monitor is not None:
+            self.monitor.answered(trio.current_time())
         if not self.token_confirmed:
             self._welcome_answered(self)  # as the dispatcher does for any first frame
         return True

@@ -244,6 +244,12 @@ class ProtocolMachine(RuleBasedStateMachine):
         self._session(index).monitor.received(self.now)
 
     @precondition(lambda self: self.sessions)
+    @rule(index=st.integers(0, 20))
+    def pong_arrives(self, index: int) -> None:
+        self._step()
+        self._session(index).monitor.answered(self.now)
+
+    @precondition(lambda self: self.sessions)
     @rule(index=st.integers(0, 20), at_wakeup=st.booleans())
     def heartbeat_poll(self, index: int, at_wakeup: bool) -> None:
         self._step()
@@ -254,7 +260,8 @@ class ProtocolMachine(RuleBasedStateMachine):
             self.now = max(self.now, wakeup)
         # The deadlines, as sums (what a clock reaches), not as differences.
         dead_at = monitor.last_received + 2 * self.interval
-        ping_at = max(monitor.last_received, monitor.last_ping_sent) + self.interval
+        # A pong proves the peer alive but keeps the next ping's time (last_heard).
+        ping_at = max(monitor.last_heard, monitor.last_ping_sent) + self.interval
         action = monitor.poll(self.now)
         if self.now >= dead_at:
             assert action is HeartbeatAction.DEAD

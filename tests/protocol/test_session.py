@@ -48,6 +48,22 @@ def test_any_inbound_frame_keeps_the_connection_alive() -> None:
     assert monitor.poll(32) is HeartbeatAction.DEAD
 
 
+def test_a_pong_proves_the_peer_alive_without_postponing_the_next_ping() -> None:
+    """§6.4 at a steady cadence: an idle peer answering each ping is pinged once per
+    interval from the previous ping, not from its pong (which would make the timer
+    wake once for nothing every interval)."""
+    monitor = HeartbeatMonitor(interval=10, last_received=0)
+    assert monitor.poll(10) is HeartbeatAction.SEND_PING
+    monitor.answered(10.5)
+    assert monitor.next_wakeup() == 20
+    assert monitor.poll(20) is HeartbeatAction.SEND_PING
+    # Death still counts from the pong: two silent intervals after 10.5.
+    assert monitor.next_wakeup() == 30
+    assert monitor.poll(30) is HeartbeatAction.SEND_PING
+    assert monitor.poll(30.4) is HeartbeatAction.NONE
+    assert monitor.poll(30.5) is HeartbeatAction.DEAD
+
+
 def test_resume_window() -> None:
     window = ResumeWindow(window_sec=60)
     assert not window.expired(1e9)
