@@ -422,7 +422,7 @@ class Connection:
         other frame, and a pong that does not decode, is left to the receive loop.
         Never raises.
         """
-        if len(text) > 1024 or _PONG_TYPE not in text or not is_session_pong(text):
+        if _PONG_TYPE not in text or not is_session_pong(text):
             # Not a pong, or not a valid one (INVALID_REQUEST from the loop): alive.
             if self.monitor is not None:
                 self.monitor.received(trio.current_time())
@@ -453,11 +453,14 @@ class Connection:
                 self.abort(str(ErrorCode.HEARTBEAT_LOST))
                 return
             if action is HeartbeatAction.SEND_PING:
+                # The ping's own id is its nonce: unique per ping, which is all the
+                # nonce is for (§6.4: the pong echoes it).
+                frame_id = new_frame_id()
                 self.send_now(
                     encode_ping_frame(
-                        frame_id=new_frame_id(),
+                        frame_id=frame_id,
                         session_id=self.session.session_id,
-                        nonce=new_frame_id(),
+                        nonce=frame_id,
                         sent_at=self._format_ping_time(),
                     )
                 )

@@ -87,7 +87,7 @@ from arcp_trio.transport.base import (
     utf8_size,
 )
 from arcp_trio.transport.reactor import ReadReactor, reactor_available
-from arcp_trio.transport.wsframes import FrameConnection, server_text_frames
+from arcp_trio.transport.wsframes import FrameConnection, server_text_frame, server_text_frames
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -287,14 +287,14 @@ class WebSocketTransport(TransportState):
         if (
             self._fd < 0
             or self._control
-            or self._sending
             or self._closed
             or self._broken is not None
             or self._stream_closed
+            or self._sending
             or self._ws.state is not ConnectionState.OPEN
         ):
             return False
-        data = server_text_frames((message,))
+        data = server_text_frame(message)
         try:
             sent = os.write(self._fd, data)
         except OSError:

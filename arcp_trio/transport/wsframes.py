@@ -72,7 +72,7 @@ if TYPE_CHECKING:
 
     from wsproto.events import Event
 
-__all__ = ["FrameConnection", "server_text_frames"]
+__all__ = ["FrameConnection", "server_text_frame", "server_text_frames"]
 
 _OPEN: Final = ConnectionState.OPEN
 _LOCAL_CLOSING: Final = ConnectionState.LOCAL_CLOSING
@@ -128,6 +128,17 @@ def _truncate_utf8(data: bytes, nbytes: int) -> bytes:
     if len(data) <= nbytes:
         return data
     return data[:nbytes].decode("utf-8", errors="ignore").encode("utf-8")
+
+
+def server_text_frame(text: str) -> bytes:
+    """One unmasked, unfragmented text frame (``server_text_frames`` of one message)."""
+    payload = text.encode("utf-8")
+    size = len(payload)
+    if size < 126:
+        return bytes((0x81, size)) + payload
+    if size < 65536:
+        return bytes((0x81, 126, size >> 8, size & 0xFF)) + payload
+    return b"\x81\x7f" + size.to_bytes(8, "big") + payload
 
 
 def server_text_frames(messages: Iterable[str]) -> bytes:

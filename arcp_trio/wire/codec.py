@@ -174,16 +174,27 @@ def _envelope_errors(data: dict[str, Any], raw_id: Any, request_id: str | None) 
     return errors
 
 
+#: ``is_session_pong`` looks at texts up to this long (a pong is about 230 bytes).
+PONG_CHECK_LIMIT: Final = 1024
+
+
 def is_session_pong(text: str) -> bool:
     """Whether ``decode(text)`` would return a ``session.pong`` — without building it.
 
     Idle sessions answer one ping per heartbeat interval each (§6.4), so the runtime
-    checks their pongs this way: the same verdict as ``decode`` (a property test
-    holds the two together), at a fraction of the cost. Never raises.
+    checks their pongs this way, at a fraction of ``decode``'s cost. True means
+    ``decode`` returns a pong. False means it would not, except for texts this check
+    leaves to ``decode`` (which then answers them): longer than ``PONG_CHECK_LIMIT``,
+    or JSON that orjson refuses and the standard parser takes (``NaN``, lone
+    surrogate escapes, out-of-range floats). The length limit also keeps nesting
+    shallow, where the two parsers' depth limits differ. A property test holds this
+    to ``decode``. Never raises.
     """
+    if len(text) > PONG_CHECK_LIMIT:
+        return False
     try:
-        data = json.loads(text)
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError:
         return False
     if not isinstance(data, dict) or data.get("type") != "session.pong":
         return False

@@ -32,7 +32,7 @@ from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError
 
 from arcp_trio.transport import wsframes
-from arcp_trio.transport.wsframes import FrameConnection, server_text_frames
+from arcp_trio.transport.wsframes import FrameConnection, server_text_frame, server_text_frames
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -527,9 +527,10 @@ def test_client_frames_match_wsproto_with_the_same_key(monkeypatch: pytest.Monke
 
 
 def test_server_text_frames_match_wsproto() -> None:
-    texts = ["", "a", "é" * 63, "x" * 126, "y" * 65536]
+    texts = ["", "a", "é" * 62, "é" * 63, "x" * 126, "z" * 65535, "y" * 65536]
     expected = b"".join(wsproto_conn(False).send(TextMessage(t)) for t in texts)
     assert server_text_frames(texts) == expected
+    assert b"".join(server_text_frame(t) for t in texts) == expected
 
 
 # == receiving: framing rules ==============================================================

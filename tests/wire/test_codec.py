@@ -7,6 +7,7 @@ import json
 import time
 from datetime import UTC, datetime, timedelta, timezone
 
+import orjson
 import pytest
 import trio
 from hypothesis import example, given
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 
 from arcp_trio.testing.strategies import envelopes, hostile_frames, json_values
 from arcp_trio.wire.codec import (
+    PONG_CHECK_LIMIT,
     Envelope,
     decode,
     encode,
@@ -316,14 +318,31 @@ def _mutated_pongs(draw: st.DrawFn) -> str:
 @example(_pong_text(type="session.ping"))
 @example('["session.pong"]')
 @example('{"type":"session.pong",')
+@example(_pong_text(extension=float("nan")))  # the standard parser takes NaN, orjson not
+@example(_pong_text(extension="\ud800"))  # a lone surrogate escape, likewise
+@example(_pong_text(extension="x" * PONG_CHECK_LIMIT))
 def test_the_pong_check_gives_the_decoders_verdict(text: str) -> None:
     """§6.4: idle sessions' pongs skip the full decode; a pong that ``decode`` would
-    refuse (answered with INVALID_REQUEST) must not be taken for one."""
+    refuse (answered with INVALID_REQUEST) must never be taken for one, and every
+    pong that orjson parses and that is not over the limit must be."""
     try:
         expected = decode(text).type == MessageType.SESSION_PONG
     except RemoteProtocolError:
         expected = False
-    assert is_session_pong(text) is expected
+    verdict = is_session_pong(text)
+    if verdict:
+        assert expected
+    elif expected:
+        # Left to decode: only texts over the limit or JSON orjson refuses.
+        assert len(text) > PONG_CHECK_LIMIT or _orjson_refuses(text)
+
+
+def _orjson_refuses(text: str) -> bool:
+    try:
+        orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return True
+    return False
 
 
 def test_ping_frame_fast_path_matches_the_general_encoder() -> None:
