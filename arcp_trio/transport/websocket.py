@@ -480,14 +480,17 @@ class WebSocketTransport(TransportState):
             self._wake_reader()
 
     def _offer_inline(self, inline: Callable[[str], bool], event: Event) -> bool:
-        if not (
+        return (
             isinstance(event, TextMessage)
             and event.message_finished
-            and utf8_size(event.data) <= self._max_message_size
-        ):
-            return False
+            and self._offer_text(inline, event.data)
+        )
+
+    def _offer_text(self, inline: Callable[[str], bool], text: str) -> bool:
+        if utf8_size(text) > self._max_message_size:
+            return False  # the receiving task reports it (MessageTooLarge)
         try:
-            return inline(event.data)
+            return inline(text)
         except Exception:
             log.error("inline handler failed peer=%s", self._description, exc_info=True)
             return False
@@ -504,17 +507,32 @@ class WebSocketTransport(TransportState):
             self._read_error = f"{self._description}: receive failed: {exc!r}"
             self._wake_reader()
             return
+        inline = self._inline
+        ws = self._ws
+        if (
+            data
+            and inline is not None
+            and isinstance(ws, FrameConnection)
+            and not (self._events or self._text_parts or self._byte_parts or self._discarding)
+        ):
+            # The common case, a whole message in one read with nothing ahead of it
+            # (a heartbeat pong, a request): no events to build and sort.
+            text = ws.receive_text(data)
+            if text is not None:
+                if not self._offer_text(inline, text):
+                    self._events.append(TextMessage(data=text))
+                    self._wake_reader()
+                return
         if not data:
             self._eof = True
         try:
-            # None tells wsproto the stream ended: it queues CloseConnection(1006).
-            self._ws.receive_data(data or None)
-            events = list(self._ws.events())
+            # None tells the frame layer the stream ended: it queues CloseConnection(1006).
+            ws.receive_data(data or None)
+            events = list(ws.events())
         except (LocalProtocolError, RemoteProtocolError) as exc:
             self._read_error = f"{self._description}: WebSocket protocol error: {exc}"
             self._wake_reader()
             return
-        inline = self._inline
         # Whole messages with nothing unhandled before them may go to the inline
         # handler: order holds. Control frames never need the receiving task when
         # they can be dealt with here.

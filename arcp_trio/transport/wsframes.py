@@ -162,6 +162,46 @@ def server_text_frames(messages: Iterable[str]) -> bytes:
     return b"".join(parts)
 
 
+def _whole_text_frame(buf: bytes, pos: int, end: int, client: bool) -> tuple[str, int] | None:
+    """The fast path: a whole single-frame text message at ``buf[pos:end]``.
+
+    Fewer than 65536 bytes, masked if and only if we are the server, with the
+    minimal length encoding (RFC 6455 §5.2). Returns the text and where the frame
+    ends, or None for anything else (the general path decides).
+
+    Raises:
+        UnicodeDecodeError: the text is not UTF-8 (RFC 6455 §8.1: close with 1007).
+    """
+    if end - pos < 2 or buf[pos] != 0x81:
+        return None
+    b1 = buf[pos + 1]
+    masked = b1 >= 0x80
+    if masked == client:
+        return None
+    size = b1 & 0x7F
+    start = pos + 2
+    if size == 126 and end - pos >= 4:
+        size = (buf[start] << 8) | buf[pos + 3]
+        start = pos + 4
+        if size < 126:
+            return None
+    elif size >= 126:
+        return None
+    if masked:
+        start += 4
+    stop = start + size
+    if stop > end:
+        return None
+    if masked and size:
+        # RFC 6455 §5.3: unmask; §8.1: text is UTF-8.
+        mask = (buf[start - 4 : start] * ((size >> 2) + 1))[:size]
+        payload = (
+            int.from_bytes(buf[start:stop], "little") ^ int.from_bytes(mask, "little")
+        ).to_bytes(size, "little")
+        return payload.decode(), stop
+    return buf[start:stop].decode(), stop
+
+
 class FrameConnection:
     """The frame layer of an open WebSocket connection (wsproto-compatible subset).
 
@@ -303,6 +343,32 @@ class FrameConnection:
             raise LocalProtocolError("Connection already closed.")
         # REMOTE_CLOSING: ignored, as wsproto does.
 
+    def receive_text(self, data: bytes) -> str | None:
+        """``data`` as one text message, when it is exactly one whole text frame.
+
+        The shortcut for the common case (a heartbeat pong, a request): nothing
+        buffered or in progress, and ``data`` is one complete single-frame text
+        message of fewer than 64 KiB, which the general path would deliver as one
+        ``TextMessage``. Returns
+        its text; or None, with nothing taken, for anything else (and for text that
+        is not UTF-8), which the caller then hands to ``receive_data``.
+        """
+        if (
+            self._buf != b""
+            or self._pending is not None
+            or self._fop >= 0
+            or self._msg
+            or not (self._state is _OPEN or self._state is _LOCAL_CLOSING)
+        ):
+            return None
+        try:
+            whole = _whole_text_frame(data, 0, len(data), self.client)
+        except UnicodeDecodeError:
+            return None  # the general path closes with 1007
+        if whole is None or whole[1] != len(data):
+            return None
+        return whole[0]
+
     def events(self) -> list[Event]:
         """Every event the buffered bytes make up now, as wsproto's ``events()``."""
         out = self._pending
@@ -334,41 +400,11 @@ class FrameConnection:
                     b0 = buf[pos]
                     b1 = buf[pos + 1]
                     if b0 == 0x81 and not msg:
-                        # Fast path: a whole single-frame text message of fewer than
-                        # 65536 bytes, masked if and only if we are the server, with
-                        # the minimal length encoding (RFC 6455 §5.2).
-                        masked = b1 >= 0x80
-                        if masked != client:
-                            size = b1 & 0x7F
-                            start = pos + 2
-                            if size < 126:
-                                whole = True
-                            elif size == 126 and avail >= 4:
-                                size = (buf[start] << 8) | buf[pos + 3]
-                                start = pos + 4
-                                whole = size >= 126
-                            else:
-                                whole = False
-                            if masked:
-                                start += 4
-                            stop = start + size
-                            if whole and stop <= end:
-                                if masked and size:
-                                    # RFC 6455 §5.3: unmask; §8.1: text is UTF-8.
-                                    mask = (buf[start - 4 : start] * ((size >> 2) + 1))[:size]
-                                    text = (
-                                        (
-                                            int.from_bytes(buf[start:stop], "little")
-                                            ^ int.from_bytes(mask, "little")
-                                        )
-                                        .to_bytes(size, "little")
-                                        .decode()
-                                    )
-                                else:
-                                    text = buf[start:stop].decode()
-                                out.append(TextMessage(text))
-                                pos = stop
-                                continue
+                        whole = _whole_text_frame(buf, pos, end, client)
+                        if whole is not None:
+                            out.append(TextMessage(whole[0]))
+                            pos = whole[1]
+                            continue
                     opcode = b0 & 0x0F
                     if not (_DEFINED_OPCODES >> opcode) & 1:
                         raise _ParseError(f"Invalid opcode {opcode:#x}")

@@ -1022,3 +1022,61 @@ def test_leftover_is_only_the_unparsed_tail() -> None:
     conn.receive_data(data + data[:5])  # a whole frame and part of a header
     assert conn.events() == [TextMessage("x" * 1000)]
     assert conn._buf == data[:5]
+
+
+# == the whole-frame shortcut (receive_text) ================================================
+
+
+@settings(max_examples=200)
+@given(st.booleans(), frame_specs(), st.integers(0, 3))
+def test_receive_text_takes_exactly_what_events_gives_as_one_whole_text(
+    client: bool, specs: list[Spec], first_frames: int
+) -> None:
+    """``receive_text`` is a shortcut, never a second parser: it returns the text
+    the general path would give as one whole ``TextMessage`` for the same bytes,
+    and takes nothing otherwise."""
+    for spec in specs:
+        if client:
+            spec.masked = not spec.masked
+    data = b"".join(spec.encode() for spec in specs[: first_frames + 1])
+    general = FrameConnection(client)
+    general.receive_data(data)
+    expected = general.events()
+    shortcut = FrameConnection(client)
+    text = shortcut.receive_text(data)
+    if text is not None:
+        assert expected == [TextMessage(text)]
+        assert general._buf == b""
+    else:
+        # Nothing was taken: the general path on the same connection agrees.
+        shortcut.receive_data(data)
+        assert shortcut.events() == expected
+        assert not (
+            len(expected) == 1
+            and isinstance(expected[0], TextMessage)
+            and expected[0].message_finished
+            and general._buf == b""
+            and data[:1] == b"\x81"
+            and len(expected[0].data.encode()) < 65536  # the shortcut's size class
+        )
+
+
+def test_receive_text_leaves_anything_buffered_or_in_progress_to_the_general_path() -> None:
+    frame = to_server(0x1, b"hello")
+    connection = FrameConnection(False)
+    connection.receive_data(frame[:3])
+    assert connection.events() == []
+    assert connection.receive_text(frame) is None  # three bytes are buffered
+    connection.receive_data(frame[3:])
+    assert connection.events() == [TextMessage("hello")]
+    assert connection.receive_text(frame) == "hello"
+    assert connection.receive_text(frame + frame) is None  # two frames: not one
+    assert connection.receive_text(frame[:-1]) is None  # not whole
+    fragmented = FrameConnection(False)
+    fragmented.receive_data(to_server(0x1, b"first half, ", fin=False))
+    assert fragmented.events() == [TextMessage("first half, ", True, False)]
+    assert fragmented.receive_text(frame) is None  # a message is in progress
+    bad_utf8 = FrameConnection(False)
+    assert bad_utf8.receive_text(to_server(0x1, b"\xff")) is None
+    bad_utf8.receive_data(to_server(0x1, b"\xff"))
+    assert [e.code for e in bad_utf8.events() if isinstance(e, CloseConnection)] == [1007]
