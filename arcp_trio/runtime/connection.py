@@ -319,8 +319,8 @@ class Connection:
     async def _guard(self, task: Callable[[], Awaitable[None]], name: str) -> None:
         """The connection's edge: whatever a task raises ends this connection only.
 
-        A task that returns has done its part (the writer, once drained); ``run``
-        ends the connection when the receive loop is over.
+        A task that returns has done its part: the writer, once drained; the receive
+        loop, once idle (``run`` then parks, or ends the connection if it is closed).
         """
         try:
             await task()
