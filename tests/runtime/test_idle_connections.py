@@ -117,8 +117,8 @@ async def test_events_of_a_running_job_wake_a_parked_connection() -> None:
     with trio.fail_after(GUARD):
         async with websocket_runtime() as (rt, url):
             peer, connection = await attach(rt, url)
-            ticks = {"count": 3, "interval": 0.2}
-            await peer.send("job.submit", {"agent": "ticker", "input": ticks})
+            ticker_input = {"count": 3, "interval": 0.2}
+            await peer.send("job.submit", {"agent": "ticker", "input": ticker_input})
             accepted = await peer.recv_type("job.accepted")
             first = await peer.recv_type("job.event")
             assert first["payload"]["body"]["current"] == 1
