@@ -44,9 +44,12 @@ import os
 import resource
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .wsclient import WSConnection, connect
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
 
 FEATURES = ["heartbeat", "ack", "list_jobs", "subscribe"]
 TERMINAL_STATUSES = {"success", "error", "cancelled", "timed_out"}
@@ -213,16 +216,16 @@ class Session:
         if kind == b"session.error":
             self.errors.append(env)
         env["_t"] = now
-        for i, (pred, fut) in enumerate(self._waiters):
-            if not fut.done() and pred(env):
+        for i, (pred, waiter) in enumerate(self._waiters):
+            if not waiter.done() and pred(env):
                 del self._waiters[i]
-                fut.set_result(env)
+                waiter.set_result(env)
                 return
 
     def _on_closed(self, _: Any) -> None:
-        for _, fut in self._waiters:
-            if not fut.done():
-                fut.set_exception(ConnectionError("connection closed"))
+        for _, waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_exception(ConnectionError("connection closed"))
         self._waiters.clear()
         for fut in (self._terminal_fut, self._event_fut):
             if fut is not None and not fut.done():
@@ -589,7 +592,7 @@ async def wl_subscribers(
     }
 
 
-WORKLOADS = {
+WORKLOADS: dict[str, Callable[..., Awaitable[dict[str, Any]]]] = {
     "throughput": wl_throughput,
     "fanout": wl_fanout,
     "idle": wl_idle,

@@ -227,7 +227,7 @@ def run_once(runtime: str, wl: Workload, params: dict[str, Any], logs: Path) -> 
             out = subprocess.run(
                 cmd, cwd=ROOT, capture_output=True, text=True, timeout=wl.timeout + 30
             )
-            result = json.loads(out.stdout.strip().splitlines()[-1])
+            result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
             if out.returncode != 0:
                 result["error"] = f"loadgen exit {out.returncode}: {out.stderr[-500:]}"
         except subprocess.TimeoutExpired:
@@ -275,7 +275,9 @@ def fmt(value: float | None) -> str:
     return f"{value:.2f}"
 
 
-def build_table(results: dict[str, dict[str, list[dict[str, Any]]]]) -> tuple[str, list[dict]]:
+def build_table(
+    results: dict[str, dict[str, list[dict[str, Any]]]],
+) -> tuple[str, list[dict[str, Any]]]:
     lines = [
         "| workload | metric | arcp_trio | reference | ratio | target | met? |",
         "|---|---|---:|---:|---:|---|---|",

@@ -31,10 +31,17 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-try:  # the C routine websockets ships; pure Python otherwise
-    from websockets.speedups import apply_mask as _c_apply_mask
-except ImportError:  # pragma: no cover
-    _c_apply_mask = None
+
+def _c_masker() -> Callable[[bytes, bytes], bytes] | None:
+    """The C routine websockets ships, if it is there (pure Python otherwise)."""
+    try:
+        from websockets.speedups import apply_mask
+    except ImportError:  # pragma: no cover
+        return None
+    return apply_mask
+
+
+_c_apply_mask = _c_masker()
 
 __all__ = ["WSClosed", "WSConnection", "connect"]
 
