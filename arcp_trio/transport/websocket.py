@@ -25,18 +25,20 @@ holder flushes right after its own write. A write interrupted part-way (cancella
 may have left a torn frame on the wire, so the transport is marked broken and the
 stream closed: nothing is ever written after a torn frame.
 
-*Receiving.* One task at a time reads 64 KiB chunks, feeds wsproto and queues the
-resulting events in ``_events``. A server transport given a ``ReadReactor`` does not
-read in its task: the reactor reads for it when the socket is readable, and
+*Receiving.* One task at a time reads 64 KiB chunks, feeds the frame layer and queues
+the resulting events in ``_events``. A server transport given a ``ReadReactor`` does
+not read in its task: the reactor reads for it when the socket is readable, and
 complete text messages that arrive while nothing is queued go first to the inline
 handler (``set_inline_handler``) if one is set; what the handler takes never wakes
-the receiving task (a heartbeat pong, §6.4), the rest is queued for it. Message
-fragments are joined until ``message_finished``; once a message's size passes
-``max_message_size`` its bytes are counted and dropped instead of buffered, and
-``MessageTooLarge`` is raised when it ends, leaving the transport usable. Pings are
-answered; a close frame from the peer is answered and ends the transport
-(``TransportBroken``); bytes wsproto cannot parse end it too, after a close frame with
-wsproto's code (1002, 1007, ...).
+the receiving task (a heartbeat pong, §6.4), and neither does a WebSocket ping the
+reactor can answer at once; the rest is queued for it, and the owner is told through
+``set_receive_waker`` (``ReportsReceivable``: an idle connection parks its task
+instead of waiting in ``receive_message``). Message fragments are joined until
+``message_finished``; once a message's size passes ``max_message_size`` its bytes are
+counted and dropped instead of buffered, and ``MessageTooLarge`` is raised when it
+ends, leaving the transport usable. Pings are answered; a close frame from the peer is
+answered and ends the transport (``TransportBroken``); bytes the frame layer cannot
+parse end it too, after a close frame with its code (1002, 1007, ...).
 
 *Closing.* ``aclose`` sends a close frame, then waits for the peer's close frame (or
 EOF) before closing the stream (RFC 6455 §7.1.1): closing a socket with unread data
