@@ -42,6 +42,10 @@ class RuntimeConfig:
         shutdown_grace_sec: how long running jobs get to finish on shutdown before
             they are cancelled with a terminal.
         max_concurrent_jobs: jobs beyond this wait as ``pending`` (None: no limit).
+        ping_reply_batch_sec: after a heartbeat ping, input from that peer may wait
+            this long to be read, so that the pongs to the pings of one timer pass are
+            read in one pass instead of one wake-up each (WebSocket servers on Linux;
+            0 reads at once). The most a request sent just after a ping is delayed.
     """
 
     runtime_name: str = "arcp-trio"
@@ -57,6 +61,7 @@ class RuntimeConfig:
     handshake_timeout_sec: float = attrs.field(default=10.0, validator=_positive)
     shutdown_grace_sec: float = attrs.field(default=5.0, validator=attrs.validators.ge(0))
     max_concurrent_jobs: int | None = None
+    ping_reply_batch_sec: float = attrs.field(default=0.02, validator=attrs.validators.ge(0))
     #: Denial codes that end the job with ``job.error`` instead of only failing the
     #: operation (§9.6: "if the runtime treats exhaustion as fatal").
     fatal_denials: frozenset[str] = frozenset()

@@ -45,6 +45,7 @@ import trio
 
 from ..protocol.session import HeartbeatAction, HeartbeatMonitor
 from ..transport.base import (
+    DefersReceive,
     MessageTooLarge,
     ReceivesInline,
     ReportsReceivable,
@@ -68,6 +69,8 @@ __all__ = ["Connection"]
 
 log = logging.getLogger(__name__)
 
+_DEAD, _SEND_PING = HeartbeatAction.DEAD, HeartbeatAction.SEND_PING
+
 #: What every ``session.pong`` frame contains (a cheap test before decoding one).
 _PONG_TYPE = '"session.pong"'
 
@@ -76,12 +79,14 @@ class Connection:
     """A session's current transport, with its outbox. Built by the runtime."""
 
     __slots__ = (
+        "_defer",
         "_dispatch",
         "_format_ping_time",
         "_heartbeat",
         "_nowait",
         "_nursery",
         "_parked",
+        "_reply_batch",
         "_running",
         "_scope",
         "_timers",
@@ -106,7 +111,8 @@ class Connection:
         timers: Timers,
         heartbeat_interval: float | None,
         high_water: int,
-        format_ping_time: Callable[[], str],
+        format_ping_time: Callable[[float], str],
+        reply_batch: float = 0.0,
     ) -> None:
         self.session = session
         self.transport = transport
@@ -116,6 +122,14 @@ class Connection:
         self._format_ping_time = format_ping_time
         self.outbox = Outbox(high_water=high_water)
         self._nowait = transport if isinstance(transport, SendsNowait) else None
+        #: After a ping, the peer's input may wait this long to be read, so that the
+        #: pongs to one timer pass's pings are read in one pass (``DefersReceive``).
+        self._reply_batch = reply_batch
+        self._defer = (
+            transport.defer_receive
+            if reply_batch > 0 and heartbeat_interval and isinstance(transport, DefersReceive)
+            else None
+        )
         #: The connection's nursery and its cancel scope, while it has work.
         self._nursery: trio.Nursery | None = None
         self._scope: trio.CancelScope | None = None
@@ -442,7 +456,7 @@ class Connection:
             return
         try:
             action = monitor.poll(now)
-            if action is HeartbeatAction.DEAD:
+            if action is _DEAD:
                 # §6.4: close the transport and surface HEARTBEAT_LOST — locally; the
                 # session stays resumable and no job is touched.
                 log.warning(
@@ -452,7 +466,7 @@ class Connection:
                 )
                 self.abort(str(ErrorCode.HEARTBEAT_LOST))
                 return
-            if action is HeartbeatAction.SEND_PING:
+            if action is _SEND_PING:
                 # The ping's own id is its nonce: unique per ping, which is all the
                 # nonce is for (§6.4: the pong echoes it).
                 frame_id = new_frame_id()
@@ -461,9 +475,12 @@ class Connection:
                         frame_id=frame_id,
                         session_id=self.session.session_id,
                         nonce=frame_id,
-                        sent_at=self._format_ping_time(),
+                        sent_at=self._format_ping_time(now),
                     )
                 )
+                if self._defer is not None:
+                    # Its pong is read with the others of this pass (see ``__init__``).
+                    self._defer(now + self._reply_batch)
             self._heartbeat = self._timers.call_at(monitor.next_wakeup(), self._on_heartbeat)
         except Exception:
             # A heartbeat that cannot run would leave a dead peer undetected: end this

@@ -216,6 +216,8 @@ class Runtime:
             if wall_clock is system_wall_clock
             else lambda: format_timestamp(wall_clock())
         )
+        #: The ``sent_at`` of the pings of the last timer pass, and that pass's ``now``.
+        self._ping_time: tuple[float, str] = (math.nan, "")
         self._observe_policy = observe_policy
         self._job_nursery = job_nursery
         self._session_nursery = session_nursery
@@ -516,7 +518,8 @@ class Runtime:
             timers=self._timers,
             heartbeat_interval=heartbeat,
             high_water=self.config.backpressure_high_water,
-            format_ping_time=self._timestamp,
+            format_ping_time=self._ping_timestamp,
+            reply_batch=self.config.ping_reply_batch_sec,
         )
         token = session.rotate_token()
         connection.token_hash = session.token_hash
@@ -547,6 +550,17 @@ class Runtime:
         session.connection = connection
         session.window.attach()
         return connection
+
+    def _ping_timestamp(self, now: float) -> str:
+        """A ping's ``sent_at`` (§6.4) when the timer fires at Trio time ``now``.
+
+        Formatted once per timer pass: every ping of a pass goes out at that moment.
+        """
+        at, text = self._ping_time
+        if at != now:
+            text = self._timestamp()
+            self._ping_time = (now, text)
+        return text
 
     def _detach(self, connection: Connection) -> None:
         session = connection.session

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
+    "DefersReceive",
     "MessageTooLarge",
     "ReceivesInline",
     "ReportsReceivable",
@@ -182,6 +183,21 @@ class ReportsReceivable(Protocol):
         """True: ``receive_message`` has something to act on without waiting for the
         network (a queued message, an error, the end of the stream), or this transport
         cannot tell. False: nothing is there; the waker will be called when it is."""
+        ...
+
+
+@runtime_checkable
+class DefersReceive(Protocol):
+    """A transport that can put off noticing input for a moment (optional).
+
+    The runtime's connections call it right after sending a heartbeat ping (§6.4):
+    the pong needs no prompt handling, and a server reading through a ``ReadReactor``
+    then takes the pongs to one batch of pings in one wake-up.
+    """
+
+    def defer_receive(self, until: float) -> None:
+        """Input arriving before Trio time ``until`` may be noticed only then (never
+        later); nothing is lost or reordered."""
         ...
 
 

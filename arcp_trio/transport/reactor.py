@@ -17,6 +17,13 @@ receiving task only for the rest. A socket whose transport has queued messages i
 *paused* (left out of the set) until its task has taken them, so a fast sender is
 read one chunk at a time, as with a per-task read, and memory stays bounded.
 
+Deferral: a socket whose next input needs no prompt handling (a heartbeat's pong,
+§6.4, right after the ping went out) can be left out of the set for a moment
+(``defer``). When the moment is over the reactor puts every such socket back at once
+and serves those that are readable in the same pass: the pongs to one timer pass's
+pings cost one wake-up between them, not one each. Nothing is lost or reordered;
+anything else the peer sends in that moment is merely noticed at its end.
+
 A callback that raises is logged and its socket paused; the transport learns of it
 through its callback's own error handling (see ``WebSocketTransport._on_readable``).
 The reactor itself never dies of one connection. When ``run`` ends (the server is
@@ -26,8 +33,9 @@ their own sockets again, so closing handshakes still complete.
 
 from __future__ import annotations
 
-import contextlib
+import heapq
 import logging
+import math
 import select
 import sys
 from typing import TYPE_CHECKING
@@ -57,6 +65,14 @@ class ReadReactor:
         self._epoll = select.epoll()
         self._callbacks: dict[int, Callable[[], None]] = {}
         self._active: set[int] = set()
+        #: Deferred sockets (out of the set until then): fd -> Trio time it returns.
+        self._deferred: dict[int, float] = {}
+        #: The same as a heap of (time, fd); entries ``_deferred`` no longer has are stale.
+        self._returns: list[tuple[float, int]] = []
+        #: The scope ``run`` sleeps in, while it sleeps, and its deadline: moved earlier
+        #: by ``defer``.
+        self._sleep: trio.CancelScope | None = None
+        self._wake_at = math.inf
         #: After ``run`` ended: transports read their sockets themselves again.
         self.closed = False
         self.wakeups = 0
@@ -72,17 +88,50 @@ class ReadReactor:
         self._callbacks.pop(fd, None)
 
     def resume(self, fd: int) -> None:
+        if self._deferred:
+            self._deferred.pop(fd, None)
         if not self.closed and fd in self._callbacks and fd not in self._active:
             self._epoll.register(fd, select.EPOLLIN)
             self._active.add(fd)
 
     def pause(self, fd: int) -> None:
+        if self._deferred:
+            self._deferred.pop(fd, None)
+        self._leave_set(fd)
+
+    def defer(self, fd: int, until: float) -> None:
+        """Take an active ``fd`` out of the set until Trio time ``until``, then serve it
+        (with every other socket due by then) if it is readable. ``pause`` and
+        ``resume`` end a deferral early; a socket not being served is left alone."""
+        if self.closed or fd not in self._active:
+            return
+        self._leave_set(fd)
+        self._deferred[fd] = until
+        heapq.heappush(self._returns, (until, fd))
+        if until < self._wake_at:
+            self._wake_at = until
+            if self._sleep is not None:
+                self._sleep.deadline = until
+
+    def _leave_set(self, fd: int) -> None:
         # Out of the set, not just masked: epoll reports a hang-up whatever the mask,
         # and a paused socket's hang-up would wake this task over and over.
         if not self.closed and fd in self._active:
             self._active.discard(fd)
-            with contextlib.suppress(OSError):  # closed already: the kernel dropped it
+            try:  # noqa: SIM105 - a with-statement costs more, once per heartbeat
                 self._epoll.unregister(fd)
+            except OSError:
+                pass  # closed already: the kernel dropped it
+
+    def _return_deferred(self, now: float) -> None:
+        """Put the sockets whose deferral is over back in the set."""
+        returns, deferred = self._returns, self._deferred
+        while returns and returns[0][0] <= now:
+            until, fd = heapq.heappop(returns)
+            if deferred.get(fd) == until:
+                self.resume(fd)
+        if not deferred:
+            returns.clear()  # only stale entries left
 
     def close(self) -> None:
         """Stop serving: every callback runs once more (seeing ``closed``), so a
@@ -93,6 +142,8 @@ class ReadReactor:
         callbacks = list(self._callbacks.values())
         self._callbacks.clear()
         self._active.clear()
+        self._deferred.clear()
+        self._returns.clear()
         self._epoll.close()
         for callback in callbacks:
             try:
@@ -104,8 +155,17 @@ class ReadReactor:
         """Serve readiness until cancelled; closes the epoll set on the way out."""
         try:
             while True:
-                await trio.lowlevel.wait_readable(self._epoll.fileno())
+                returns = self._returns
+                self._wake_at = returns[0][0] if returns else math.inf
+                with trio.CancelScope(deadline=self._wake_at) as sleep:
+                    self._sleep = sleep
+                    try:
+                        await trio.lowlevel.wait_readable(self._epoll.fileno())
+                    finally:
+                        self._sleep = None
                 self.wakeups += 1
+                if self._returns:
+                    self._return_deferred(trio.current_time())
                 for fd, _mask in self._epoll.poll(0, _BATCH):
                     callback = self._callbacks.get(fd)
                     if callback is None or fd not in self._active:
@@ -116,7 +176,7 @@ class ReadReactor:
                     except Exception:
                         log.error("read callback failed fd=%s", fd, exc_info=True)
                         self.pause(fd)
-                # Ready sockets beyond the batch wait for the next pass; others run first.
-                await trio.lowlevel.cancel_shielded_checkpoint()
+                # Ready sockets beyond the batch wait for the next pass; other tasks run
+                # first, since waiting on the set yields to them even when it is ready.
         finally:
             self.close()

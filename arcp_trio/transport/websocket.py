@@ -438,6 +438,13 @@ class WebSocketTransport(TransportState):
         reactor.resume(self._read_fd)
         return False
 
+    def defer_receive(self, until: float) -> None:
+        """``DefersReceive``: through the reactor, notice input only at Trio time
+        ``until``, in one pass with the other deferred sockets. Nothing else changes."""
+        reactor = self._reactor
+        if reactor is not None:
+            reactor.defer(self._read_fd, until)
+
     def _wake_reader(self) -> None:
         if self._reactor is not None:
             self._reactor.pause(self._read_fd)

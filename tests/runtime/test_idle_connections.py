@@ -217,3 +217,36 @@ async def test_a_frame_queued_while_the_nursery_closes_is_written() -> None:
                 assert set(got) == {"session.jobs", "session.ping"}
                 assert got["session.ping"]["payload"]["nonce"] == nonce
             await peer.transport.aclose()
+
+
+@pytest.mark.parametrize("batch", [0.3, 0.0])
+async def test_input_after_a_ping_waits_for_the_batch_of_pongs(batch: float) -> None:
+    """After a heartbeat ping (§6.4) the reactor reads the peer's socket only once
+    ``ping_reply_batch_sec`` is over, so the pongs to one timer pass's pings are read
+    in one pass. A pong and a request sent at once are both taken, in order, no
+    earlier than that; with 0 nothing is deferred."""
+    config = RuntimeConfig(
+        heartbeat_interval_sec=1, resume_window_sec=60, ping_reply_batch_sec=batch
+    )
+    with trio.fail_after(GUARD):
+        async with websocket_runtime(config) as (rt, url):
+            peer, connection = await attach(rt, url)
+            transport = connection.transport
+            assert isinstance(transport, WebSocketTransport)
+            reactor = transport._reactor
+            assert reactor is not None
+            ping = await peer.recv()
+            pinged = trio.current_time()
+            assert ping["type"] == "session.ping"
+            assert (transport._read_fd in reactor._deferred) == (batch > 0)
+            await peer.send("session.pong", {"ping_nonce": ping["payload"]["nonce"]})
+            request_id = await peer.send("session.list_jobs", {})
+            jobs = await peer.recv_type("session.jobs")
+            assert jobs["payload"]["request_id"] == request_id
+            if batch:
+                assert trio.current_time() - pinged >= batch - 0.1
+            assert transport._read_fd not in reactor._deferred
+            assert connection.monitor is not None
+            assert connection.monitor.last_received >= pinged  # the pong (and request) read
+            assert session_is_live(rt, peer, connection)
+            await peer.transport.aclose()

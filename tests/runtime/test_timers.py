@@ -180,7 +180,7 @@ async def test_a_failing_heartbeat_ends_only_its_connection(
         bystander, _ = await attach(rt, nursery)
         victim_session = connection.session
 
-        def failing() -> str:
+        def failing(now: float) -> str:
             raise OSError("clock unavailable")
 
         connection._format_ping_time = failing  # the ping's sent_at cannot be read

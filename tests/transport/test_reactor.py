@@ -218,3 +218,100 @@ async def test_transports_read_for_themselves_once_the_reactor_is_gone() -> None
             await client.aclose()
             nursery.cancel_scope.cancel()
     assert received == ["through the reactor", "read by the task itself"]
+
+
+class Recorder:
+    """Callbacks that read their socket and note the reactor pass they ran in."""
+
+    def __init__(self, reactor: ReadReactor) -> None:
+        self.reactor = reactor
+        self.got: list[tuple[str, bytes, int]] = []
+
+    def callback(self, name: str, sock: socket.socket) -> partial[None]:
+        return partial(self._read, name, sock)
+
+    def _read(self, name: str, sock: socket.socket) -> None:
+        if not self.reactor.closed:
+            self.got.append((name, sock.recv(100), self.reactor.wakeups))
+
+
+async def test_deferred_sockets_are_served_together_when_their_deferral_ends(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """The pongs to one timer pass's pings (§6.4): deferred sockets are left alone
+    until their time, then served in one pass; nothing that arrived is lost, and a
+    socket that is not deferred is served at once."""
+    reactor = ReadReactor()
+    rec = Recorder(reactor)
+    pairs = {name: socket.socketpair() for name in ("a", "b", "c")}
+    for sock, _ in pairs.values():
+        sock.setblocking(False)
+    with trio.fail_after(GUARD):
+        async with trio.open_nursery() as nursery:
+            for name, (sock, _) in pairs.items():
+                reactor.register(sock.fileno(), rec.callback(name, sock))
+                reactor.resume(sock.fileno())
+            nursery.start_soon(reactor.run)
+            until = trio.current_time() + 1
+            reactor.defer(pairs["a"][0].fileno(), until)
+            reactor.defer(pairs["b"][0].fileno(), until)
+            for name, (_, peer) in pairs.items():
+                peer.send(name.encode())
+            await trio.sleep(0.6)
+            pairs["c"][1].send(b"cc")  # other sockets' passes leave deferrals alone
+            await trio.sleep(0.3)
+            assert [(name, data) for name, data, _ in rec.got] == [("c", b"c"), ("c", b"cc")]
+            await trio.sleep(0.2)
+            assert sorted((name, data) for name, data, _ in rec.got[2:]) == [
+                ("a", b"a"),
+                ("b", b"b"),
+            ]
+            assert rec.got[2][2] == rec.got[3][2]  # one pass for both
+            # Served normally again from then on.
+            pairs["a"][1].send(b"again")
+            await trio.sleep(0.01)
+            assert rec.got[-1][:2] == ("a", b"again")
+            nursery.cancel_scope.cancel()
+    for sock, peer in pairs.values():
+        sock.close()
+        peer.close()
+
+
+async def test_pause_resume_and_unregister_end_a_deferral(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """``resume`` serves a deferred socket at once; ``pause`` keeps it paused past its
+    time (its task has queued input to take first); a socket that was not being
+    served is not deferred (its deferral would resume it behind its task's back);
+    and an unregistered one is forgotten (its number may be reused)."""
+    reactor = ReadReactor()
+    rec = Recorder(reactor)
+    names = ("resumed", "paused", "never_active", "gone")
+    pairs = {name: socket.socketpair() for name in names}
+    for sock, _ in pairs.values():
+        sock.setblocking(False)
+    fd = {name: pair[0].fileno() for name, pair in pairs.items()}
+    with trio.fail_after(GUARD):
+        async with trio.open_nursery() as nursery:
+            for name, (sock, _) in pairs.items():
+                reactor.register(fd[name], rec.callback(name, sock))
+                if name != "never_active":
+                    reactor.resume(fd[name])
+            nursery.start_soon(reactor.run)
+            until = trio.current_time() + 1
+            for name in names:
+                reactor.defer(fd[name], until)
+            reactor.resume(fd["resumed"])
+            reactor.pause(fd["paused"])
+            reactor.unregister(fd["gone"])
+            for _, peer in pairs.values():
+                peer.send(b"x")
+            await trio.sleep(0.1)
+            assert [name for name, _, _ in rec.got] == ["resumed"]
+            await trio.sleep(2)
+            assert [name for name, _, _ in rec.got] == ["resumed"]
+            assert not reactor._deferred
+            nursery.cancel_scope.cancel()
+    for sock, peer in pairs.values():
+        sock.close()
+        peer.close()
