@@ -480,7 +480,7 @@ class Connection:
                 )
                 if self._defer is not None:
                     # Its pong is read with the others of this pass (see ``__init__``).
-                    self._defer(now + self._reply_batch)
+                    self._defer(now, self._reply_batch)
             self._heartbeat = self._timers.call_at(monitor.next_wakeup(), self._on_heartbeat)
         except Exception:
             # A heartbeat that cannot run would leave a dead peer undetected: end this

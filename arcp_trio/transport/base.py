@@ -195,9 +195,10 @@ class DefersReceive(Protocol):
     then takes the pongs to one batch of pings in one wake-up.
     """
 
-    def defer_receive(self, until: float) -> None:
-        """Input arriving before Trio time ``until`` may be noticed only then (never
-        later); nothing is lost or reordered."""
+    def defer_receive(self, start: float, window: float) -> None:
+        """From Trio time ``start`` on, input may be noticed up to ``window`` seconds
+        after it arrives (never later), so that it is read in a batch with other
+        deferred input; nothing is lost or reordered."""
         ...
 
 

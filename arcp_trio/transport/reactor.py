@@ -18,11 +18,14 @@ receiving task only for the rest. A socket whose transport has queued messages i
 read one chunk at a time, as with a per-task read, and memory stays bounded.
 
 Deferral: a socket whose next input needs no prompt handling (a heartbeat's pong,
-§6.4, right after the ping went out) can be left out of the set for a moment
-(``defer``). When the moment is over the reactor puts every such socket back at once
-and serves those that are readable in the same pass: the pongs to one timer pass's
-pings cost one wake-up between them, not one each. Nothing is lost or reordered;
-anything else the peer sends in that moment is merely noticed at its end.
+§6.4, right after the ping went out) can be left out of the set for a moment, a
+*window* (``defer``). When the window is over the reactor puts every such socket
+back at once and serves those that are readable in the same pass: the pongs to one
+timer pass's pings cost one wake-up between them, not one each. A socket with
+nothing to read by then is deferred for another window, up to ``DEFER_ROUNDS`` in
+all, so a peer that takes longer to answer a burst of pings still has its pongs read
+in batches. Nothing is lost or reordered, and input is noticed at the latest when
+the window it arrived in ends.
 
 A callback that raises is logged and its socket paused; the transport learns of it
 through its callback's own error handling (see ``WebSocketTransport._on_readable``).
@@ -52,6 +55,9 @@ log = logging.getLogger(__name__)
 #: Sockets served per wake-up at most (the rest stay ready for the next pass).
 _BATCH = 512
 
+#: Windows in a row a deferred socket with nothing to read stays deferred (``defer``).
+DEFER_ROUNDS = 5
+
 
 def reactor_available() -> bool:
     """Whether this platform has epoll (the reactor's only requirement)."""
@@ -65,8 +71,9 @@ class ReadReactor:
         self._epoll = select.epoll()
         self._callbacks: dict[int, Callable[[], None]] = {}
         self._active: set[int] = set()
-        #: Deferred sockets (out of the set until then): fd -> Trio time it returns.
-        self._deferred: dict[int, float] = {}
+        #: Deferred sockets (out of the set until then): fd -> (Trio time it returns,
+        #: window, windows left including this one).
+        self._deferred: dict[int, tuple[float, float, int]] = {}
         #: The same as a heap of (time, fd); entries ``_deferred`` no longer has are stale.
         self._returns: list[tuple[float, int]] = []
         #: The scope ``run`` sleeps in, while it sleeps, and its deadline: moved earlier
@@ -99,14 +106,19 @@ class ReadReactor:
             self._deferred.pop(fd, None)
         self._leave_set(fd)
 
-    def defer(self, fd: int, until: float) -> None:
-        """Take an active ``fd`` out of the set until Trio time ``until``, then serve it
-        (with every other socket due by then) if it is readable. ``pause`` and
-        ``resume`` end a deferral early; a socket not being served is left alone."""
+    def defer(self, fd: int, start: float, window: float, rounds: int = DEFER_ROUNDS) -> None:
+        """Take an active ``fd`` out of the set for ``window`` seconds from Trio time
+        ``start``, then serve it (with every other socket due by then) if it is
+        readable; if it is not, defer it again for as long, ``rounds`` windows in all.
+
+        ``pause`` and ``resume`` end a deferral early; a socket not being served is
+        left alone.
+        """
         if self.closed or fd not in self._active:
             return
         self._leave_set(fd)
-        self._deferred[fd] = until
+        until = start + window
+        self._deferred[fd] = (until, window, rounds)
         heapq.heappush(self._returns, (until, fd))
         if until < self._wake_at:
             self._wake_at = until
@@ -123,15 +135,31 @@ class ReadReactor:
             except OSError:
                 pass  # closed already: the kernel dropped it
 
-    def _return_deferred(self, now: float) -> None:
-        """Put the sockets whose deferral is over back in the set."""
+    def _return_deferred(self, now: float) -> list[tuple[int, float, int]]:
+        """Put the sockets whose window is over back in the set; returns them (with
+        their window and the windows they had left, this one included)."""
         returns, deferred = self._returns, self._deferred
+        returned = []
         while returns and returns[0][0] <= now:
             until, fd = heapq.heappop(returns)
-            if deferred.get(fd) == until:
+            entry = deferred.get(fd)
+            if entry is not None and entry[0] == until:
                 self.resume(fd)
+                returned.append((fd, entry[1], entry[2]))
         if not deferred:
             returns.clear()  # only stale entries left
+        return returned
+
+    def _defer_again(
+        self, now: float, returned: list[tuple[int, float, int]], served: list[tuple[int, int]]
+    ) -> None:
+        """Defer once more the returned sockets that had nothing to read (``served``
+        is this pass's whole poll: a socket not in it was not readable)."""
+        ready = {fd for fd, _mask in served}
+        active = self._active
+        for fd, window, rounds in returned:
+            if rounds > 1 and fd not in ready and fd in active:
+                self.defer(fd, now, window, rounds - 1)
 
     def close(self) -> None:
         """Stop serving: every callback runs once more (seeing ``closed``), so a
@@ -164,9 +192,12 @@ class ReadReactor:
                     finally:
                         self._sleep = None
                 self.wakeups += 1
+                returned = None
                 if self._returns:
-                    self._return_deferred(trio.current_time())
-                for fd, _mask in self._epoll.poll(0, _BATCH):
+                    now = trio.current_time()
+                    returned = self._return_deferred(now)
+                served = self._epoll.poll(0, _BATCH)
+                for fd, _mask in served:
                     callback = self._callbacks.get(fd)
                     if callback is None or fd not in self._active:
                         continue
@@ -176,6 +207,8 @@ class ReadReactor:
                     except Exception:
                         log.error("read callback failed fd=%s", fd, exc_info=True)
                         self.pause(fd)
+                if returned and len(served) < _BATCH:  # (a full batch may have left some)
+                    self._defer_again(now, returned, served)
                 # Ready sockets beyond the batch wait for the next pass; other tasks run
                 # first, since waiting on the set yields to them even when it is ready.
         finally:

@@ -438,12 +438,12 @@ class WebSocketTransport(TransportState):
         reactor.resume(self._read_fd)
         return False
 
-    def defer_receive(self, until: float) -> None:
-        """``DefersReceive``: through the reactor, notice input only at Trio time
-        ``until``, in one pass with the other deferred sockets. Nothing else changes."""
+    def defer_receive(self, start: float, window: float) -> None:
+        """``DefersReceive``: through the reactor (``ReadReactor.defer``), notice input
+        at the end of the window it arrives in, with the other deferred sockets."""
         reactor = self._reactor
         if reactor is not None:
-            reactor.defer(self._read_fd, until)
+            reactor.defer(self._read_fd, start, window)
 
     def _wake_reader(self) -> None:
         if self._reactor is not None:

@@ -14,7 +14,7 @@ import trio
 import trio.testing
 
 from arcp_trio.transport.base import ReceivesInline, Transport, TransportBroken
-from arcp_trio.transport.reactor import ReadReactor, reactor_available
+from arcp_trio.transport.reactor import DEFER_ROUNDS, ReadReactor, reactor_available
 from arcp_trio.transport.websocket import (
     WebSocketTransport,
     connect_websocket,
@@ -252,9 +252,9 @@ async def test_deferred_sockets_are_served_together_when_their_deferral_ends(
                 reactor.register(sock.fileno(), rec.callback(name, sock))
                 reactor.resume(sock.fileno())
             nursery.start_soon(reactor.run)
-            until = trio.current_time() + 1
-            reactor.defer(pairs["a"][0].fileno(), until)
-            reactor.defer(pairs["b"][0].fileno(), until)
+            now = trio.current_time()
+            reactor.defer(pairs["a"][0].fileno(), now, 1)
+            reactor.defer(pairs["b"][0].fileno(), now, 1)
             for name, (_, peer) in pairs.items():
                 peer.send(name.encode())
             await trio.sleep(0.6)
@@ -298,9 +298,9 @@ async def test_pause_resume_and_unregister_end_a_deferral(
                 if name != "never_active":
                     reactor.resume(fd[name])
             nursery.start_soon(reactor.run)
-            until = trio.current_time() + 1
+            now = trio.current_time()
             for name in names:
-                reactor.defer(fd[name], until)
+                reactor.defer(fd[name], now, 1)
             reactor.resume(fd["resumed"])
             reactor.pause(fd["paused"])
             reactor.unregister(fd["gone"])
@@ -313,5 +313,73 @@ async def test_pause_resume_and_unregister_end_a_deferral(
             assert not reactor._deferred
             nursery.cancel_scope.cancel()
     for sock, peer in pairs.values():
+        sock.close()
+        peer.close()
+
+
+async def test_a_deferred_socket_with_nothing_to_read_waits_another_window(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A slow peer's pong: a socket with nothing to read when its window ends is
+    deferred for another window, ``DEFER_ROUNDS`` in all; input is noticed when the
+    window it arrived in ends, never later, and after the last window the socket is
+    served at once again."""
+    reactor = ReadReactor()
+    rec = Recorder(reactor)
+    slow, slow_peer = socket.socketpair()
+    silent, silent_peer = socket.socketpair()
+    slow.setblocking(False)
+    silent.setblocking(False)
+    with trio.fail_after(GUARD), slow, slow_peer, silent, silent_peer:
+        async with trio.open_nursery() as nursery:
+            for name, sock in (("slow", slow), ("silent", silent)):
+                reactor.register(sock.fileno(), rec.callback(name, sock))
+                reactor.resume(sock.fileno())
+            nursery.start_soon(reactor.run)
+            start = trio.current_time()
+            reactor.defer(slow.fileno(), start, 1)
+            reactor.defer(silent.fileno(), start, 1)
+            await trio.sleep(1.5)  # the first window ended with nothing to read
+            assert slow.fileno() in reactor._deferred
+            slow_peer.send(b"late pong")
+            await trio.sleep(0.4)  # t = 1.9: still in the second window
+            assert rec.got == []
+            await trio.sleep(0.2)  # t = 2.1: served when that window ended
+            assert rec.got[0][:2] == ("slow", b"late pong")
+            assert slow.fileno() not in reactor._deferred
+            # The silent one is deferred window after window, then served normally.
+            await trio.sleep(DEFER_ROUNDS - 2.1 - 0.05)
+            assert silent.fileno() in reactor._deferred
+            await trio.sleep(0.1)
+            assert silent.fileno() not in reactor._deferred
+            silent_peer.send(b"x")
+            await trio.sleep(0.01)
+            assert rec.got[-1][:2] == ("silent", b"x")
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_full_batch_defers_no_socket_again(
+    autojump_clock: trio.abc.Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A socket a full pass did not get to may well be readable: it is served in the
+    next pass, not deferred for another window."""
+    monkeypatch.setattr("arcp_trio.transport.reactor._BATCH", 1)
+    reactor = ReadReactor()
+    rec = Recorder(reactor)
+    pairs = [socket.socketpair() for _ in range(2)]
+    with trio.fail_after(GUARD):
+        async with trio.open_nursery() as nursery:
+            start = trio.current_time()
+            for i, (sock, peer) in enumerate(pairs):
+                sock.setblocking(False)
+                reactor.register(sock.fileno(), rec.callback(str(i), sock))
+                reactor.resume(sock.fileno())
+                reactor.defer(sock.fileno(), start, 1)
+                peer.send(b"pong")
+            nursery.start_soon(reactor.run)
+            await trio.sleep(1.01)
+            assert sorted(name for name, _, _ in rec.got) == ["0", "1"]
+            nursery.cancel_scope.cancel()
+    for sock, peer in pairs:
         sock.close()
         peer.close()
