@@ -54,40 +54,48 @@ def new_ulid() -> str:
 _PAIRS = [a + b for a in _CROCKFORD for b in _CROCKFORD]
 
 
-#: ``new_frame_id``'s cache: the millisecond last encoded, and its ten digits.
-_millisecond: list[tuple[int, str]] = [(-1, "")]
+#: The last two digit pairs of a frame id: a counter within the millisecond.
+_LOW_MAX = (1 << 20) - 1
+
+#: ``new_frame_id``'s state: the millisecond, the id's first 22 digits (that
+#: millisecond's ten and the top 60 random bits), and the counter (the last 20 bits).
+_frame_ids: list[tuple[int, str, int]] = [(-1, "", _LOW_MAX)]
 
 
 def new_frame_id() -> str:
     """A ULID for an envelope id: same format, cheaper randomness and encoding.
 
-    Envelope ids only need to be unique and well-formed, not unguessable, so they
-    use ``random`` instead of ``os.urandom`` (a syscall per event), and the value is
-    encoded ten bits at a time from a table: the ten digits of the millisecond are
-    kept while it lasts, the sixteen of the 80 random bits are made each time (every
-    event gets one). Anything that must not be guessed (session ids, resume tokens)
-    uses ``new_ulid``/``new_id``.
+    Envelope ids only need to be unique and well-formed, not unguessable. So each
+    millisecond draws 80 bits from ``random`` (no syscall, unlike ``os.urandom``)
+    and encodes them with the time from a table of digit pairs, once; the ids of the
+    same millisecond count up from there in their last 20 bits, like the ULID spec's
+    monotonic mode (should a millisecond mint a million, fresh bits are drawn). Every
+    event gets one, so this is two table lookups on most calls. Anything that must
+    not be guessed (session ids, resume tokens) uses ``new_ulid``/``new_id``.
     """
     ms = time.time_ns() // 1_000_000
-    p = _PAIRS
-    cached_ms, head = _millisecond[0]
-    if ms != cached_ms:
+    cached_ms, head, low = _frame_ids[0]
+    low += 1
+    if ms != cached_ms or low > _LOW_MAX:
+        p = _PAIRS
+        r = random.getrandbits(80)
         # The top two of the 130 encoded bits are zero: pairs 1-5 are the 48-bit time.
-        head = p[ms >> 40] + p[ms >> 30 & 1023] + p[ms >> 20 & 1023] + p[ms >> 10 & 1023]
-        head += p[ms & 1023]
-        _millisecond[0] = (ms, head)
-    r = random.getrandbits(80)
-    return (
-        head
-        + p[r >> 70]
-        + p[r >> 60 & 1023]
-        + p[r >> 50 & 1023]
-        + p[r >> 40 & 1023]
-        + p[r >> 30 & 1023]
-        + p[r >> 20 & 1023]
-        + p[r >> 10 & 1023]
-        + p[r & 1023]
-    )
+        head = (
+            p[ms >> 40]
+            + p[ms >> 30 & 1023]
+            + p[ms >> 20 & 1023]
+            + p[ms >> 10 & 1023]
+            + p[ms & 1023]
+            + p[r >> 70]
+            + p[r >> 60 & 1023]
+            + p[r >> 50 & 1023]
+            + p[r >> 40 & 1023]
+            + p[r >> 30 & 1023]
+            + p[r >> 20 & 1023]
+        )
+        low = r & _LOW_MAX
+    _frame_ids[0] = (ms, head, low)
+    return head + _PAIRS[low >> 10] + _PAIRS[low & 1023]
 
 
 def new_id(prefix: str) -> str:

@@ -14,6 +14,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from arcp_trio.testing.strategies import envelopes, hostile_frames, json_values
+from arcp_trio.wire import ids as ids_module
 from arcp_trio.wire.codec import (
     PONG_CHECK_LIMIT,
     Envelope,
@@ -198,6 +199,34 @@ async def test_frame_ids_are_ulids_of_the_current_millisecond() -> None:
                 decoded = decoded * 32 + CROCKFORD.index(char)
             assert before <= decoded <= after
         await trio.sleep(0.002)
+    assert len(set(ids)) == len(ids)
+
+
+def test_frame_ids_of_one_millisecond_count_up_and_stay_unique(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Within a millisecond ids count up in their last 20 bits (ULID monotonic mode);
+    a counter that runs out draws fresh random bits; a new millisecond starts over."""
+    now_ms = [1_700_000_000_000]
+    monkeypatch.setattr(time, "time_ns", lambda: now_ms[0] * 1_000_000)
+
+    def value(frame_id: str) -> int:
+        decoded = 0
+        for char in frame_id:
+            decoded = decoded * 32 + CROCKFORD.index(char)
+        return decoded
+
+    first, second = new_frame_id(), new_frame_id()
+    assert value(second) == value(first) + 1 or value(second) & 0xFFFFF == 0
+    ids_module._frame_ids[0] = (now_ms[0], first[:22], ids_module._LOW_MAX)  # run out
+    fresh = new_frame_id()
+    assert fresh[:10] == first[:10]  # the same millisecond
+    assert fresh[10:22] != first[10:22]  # fresh random bits
+    now_ms[0] += 1
+    later = new_frame_id()
+    assert value(later) >> 80 == now_ms[0]
+    ids = [first, second, fresh, later]
+    assert all(is_ulid(frame_id) for frame_id in ids)
     assert len(set(ids)) == len(ids)
 
 
