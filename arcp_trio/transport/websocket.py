@@ -518,12 +518,12 @@ class WebSocketTransport(TransportState):
             return
         inline = self._inline
         ws = self._ws
-        if (
-            data
-            and inline is not None
-            and isinstance(ws, FrameConnection)
-            and not (self._events or self._text_parts or self._byte_parts or self._discarding)
-        ):
+        # Whole messages with nothing unhandled before them may go to the inline
+        # handler: order holds.
+        in_order = inline is not None and not (
+            self._events or self._text_parts or self._byte_parts or self._discarding
+        )
+        if data and in_order and inline is not None and isinstance(ws, FrameConnection):
             # The common case, a whole message in one read with nothing ahead of it
             # (a heartbeat pong, a request): no events to build and sort.
             text = ws.receive_text(data)
@@ -542,12 +542,7 @@ class WebSocketTransport(TransportState):
             self._read_error = f"{self._description}: WebSocket protocol error: {exc}"
             self._wake_reader()
             return
-        # Whole messages with nothing unhandled before them may go to the inline
-        # handler: order holds. Control frames never need the receiving task when
-        # they can be dealt with here.
-        in_order = inline is not None and not (
-            self._events or self._text_parts or self._byte_parts or self._discarding
-        )
+        # Control frames never need the receiving task when they can be dealt with here.
         queued: list[Event] = []
         for event in events:
             if in_order and not queued and inline and self._offer_inline(inline, event):
