@@ -33,7 +33,9 @@ handler (``set_inline_handler``) if one is set; what the handler takes never wak
 the receiving task (a heartbeat pong, §6.4), and neither does a WebSocket ping the
 reactor can answer at once; the rest is queued for it, and the owner is told through
 ``set_receive_waker`` (``ReportsReceivable``: an idle connection parks its task
-instead of waiting in ``receive_message``). Message fragments are joined until
+instead of waiting in ``receive_message``); ``defer_receive`` (``DefersReceive``) has
+the reactor read the socket only when a short window ends, with the other deferred
+ones (the pongs to a batch of pings). Message fragments are joined until
 ``message_finished``; once a message's size passes ``max_message_size`` its bytes are
 counted and dropped instead of buffered, and ``MessageTooLarge`` is raised when it
 ends, leaving the transport usable. Pings are answered; a close frame from the peer is
