@@ -144,7 +144,12 @@ class ReadReactor:
             until, fd = heapq.heappop(returns)
             entry = deferred.get(fd)
             if entry is not None and entry[0] == until:
-                self.resume(fd)
+                try:
+                    self.resume(fd)
+                except OSError:
+                    # Closed without unregistering: that socket's loss, not the reactor's.
+                    log.error("cannot serve deferred fd=%s again", fd, exc_info=True)
+                    continue
                 returned.append((fd, entry[1], entry[2]))
         if not deferred:
             returns.clear()  # only stale entries left

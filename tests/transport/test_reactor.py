@@ -383,3 +383,31 @@ async def test_a_full_batch_defers_no_socket_again(
     for sock, peer in pairs:
         sock.close()
         peer.close()
+
+
+async def test_a_deferred_socket_closed_behind_the_reactors_back_costs_only_itself(
+    autojump_clock: trio.abc.Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A socket closed while deferred without being unregistered cannot go back in
+    the set: that is logged, and every other socket is still served."""
+    reactor = ReadReactor()
+    rec = Recorder(reactor)
+    lost, lost_peer = socket.socketpair()
+    kept, kept_peer = socket.socketpair()
+    kept.setblocking(False)
+    with trio.fail_after(GUARD), kept, kept_peer, lost_peer:
+        async with trio.open_nursery() as nursery:
+            for name, sock in (("lost", lost), ("kept", kept)):
+                reactor.register(sock.fileno(), rec.callback(name, sock))
+                reactor.resume(sock.fileno())
+                reactor.defer(sock.fileno(), trio.current_time(), 1)
+            nursery.start_soon(reactor.run)
+            lost.close()  # its fd is gone, the reactor was not told
+            kept_peer.send(b"pong")
+            await trio.sleep(1.01)
+            assert [(name, data) for name, data, _ in rec.got] == [("kept", b"pong")]
+            kept_peer.send(b"more")
+            await trio.sleep(0.01)
+            assert rec.got[-1][:2] == ("kept", b"more")
+            nursery.cancel_scope.cancel()
+    assert any("cannot serve deferred" in r.message for r in caplog.records)
