@@ -235,7 +235,7 @@ def _payload_strategies() -> dict[str, st.SearchStrategy[dict[str, Any]]]:
         ),
         MessageType.SESSION_CLOSE: _optional({"reason": _words}),
         MessageType.SESSION_CLOSED: _optional({"reason": _words, "request_id": envelope_ids()}),
-        MessageType.SESSION_BYE: _optional({"reason": _words, "code": _codes}),
+        MessageType.SESSION_BYE: _obj({"reason": _words}, {"code": _codes}),
         MessageType.JOB_SUBMIT: _obj(
             {"agent": agent_refs()},
             {

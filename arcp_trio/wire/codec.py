@@ -8,6 +8,14 @@ field paths (``$.payload.agent``) and whose ``request_id`` is the offending fram
 id when it had one. §5: unknown envelope fields and unknown payload keys are
 ignored.
 
+Hostile input (``limits``): a frame is refused, with the field path, when a field
+breaks the schema or a limit. JSON constants (``NaN``, ``Infinity``), numbers that
+overflow to infinity and lone surrogate escapes are refused while parsing: JSON
+cannot carry them faithfully, and a value that cannot be written back must never be
+echoed. A frame refused before its envelope could be read (not JSON, too deep for the
+parser, too large, not UTF-8) is still correlated when its ``id`` can be read from
+its first bytes (``recover_id``).
+
 Outbound, ``encode`` serialises an ``Envelope`` compactly, omitting unset (None)
 fields. Job frames (events and terminals) are the hot path and are built by
 ``encode_job_frame`` from a payload that is serialised once per event and shared by
@@ -17,17 +25,29 @@ every session that watches the job.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Final
 
 import attrs
 import cattrs
 import orjson
-from cattrs.cols import is_mutable_sequence, list_structure_factory
+from cattrs.cols import is_mapping, is_mutable_sequence, list_structure_factory
+from cattrs.errors import ClassValidationError, IterableValidationError
+from cattrs.gen import make_dict_structure_fn
 from cattrs.strategies import configure_union_passthrough
 
 from .errors import RemoteProtocolError
 from .ids import is_envelope_id, is_trace_id
-from .messages import PAYLOAD_TYPES, MessageType
+from .limits import (
+    MAX_ID_LEN,
+    MAX_INT,
+    MAX_REF_LEN,
+    MAX_TIMESTAMP_LEN,
+    MAX_TYPE_LEN,
+    MIN_INT,
+)
+from .messages import PAYLOAD_TYPES, FieldError, MessageType
+from .timestamps import parse_timestamp
 
 __all__ = [
     "ARCP_VERSION",
@@ -37,6 +57,7 @@ __all__ = [
     "encode",
     "encode_job_frame",
     "encode_ping_frame",
+    "recover_id",
     "structure_payload",
     "unstructure_payload",
 ]
@@ -61,20 +82,72 @@ class Envelope:
 # --- the strict converter -------------------------------------------------------------
 
 
+def _json_type(value: Any) -> str:
+    """A JSON value's type as a client would name it (not Python's)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
 def _strict(expected: type[Any], name: str) -> Any:
     def hook(value: Any, _type: Any) -> Any:
         # bool is an int subclass; JSON true is never an integer here.
         if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
-            raise TypeError(f"expected {name}, got {type(value).__name__}")
+            raise TypeError(f"expected {name}, got {_json_type(value)}")
         return value
 
     return hook
 
 
+def _strict_int(value: Any, _type: Any) -> int:
+    # JSON 2.0 is a number, but not an integer: fractional and integral floats are
+    # refused alike, and nothing beyond 64 bits is ever rounded or wrapped.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected an integer, got {_json_type(value)}")
+    if not MIN_INT <= value <= MAX_INT:
+        raise ValueError("integer out of range (signed 64-bit)")
+    return value
+
+
 def _strict_float(value: Any, _type: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"expected a number, got {type(value).__name__}")
+        raise TypeError(f"expected a number, got {_json_type(value)}")
     return float(value)
+
+
+def _strict_objects(type_: Any, converter: cattrs.Converter) -> Any:
+    """JSON objects only: cattrs reads a payload class's fields with ``in`` and
+    ``[]``, so a string or an array would become an instance with every default
+    (a ``lease_constraints`` of ``"x"`` meaning no expiry: fail-open)."""
+    structure = make_dict_structure_fn(type_, converter)
+
+    def hook(value: Any, target: Any) -> Any:
+        if not isinstance(value, dict):
+            raise TypeError(f"expected an object, got {_json_type(value)}")
+        return structure(value, target)
+
+    return hook
+
+
+def _strict_mappings(type_: Any, converter: cattrs.Converter) -> Any:
+    structure = converter.gen_structure_mapping(type_)
+
+    def hook(value: Any, target: Any) -> Any:
+        if not isinstance(value, dict):
+            raise TypeError(f"expected an object, got {_json_type(value)}")
+        return structure(value, target)
+
+    return hook
 
 
 def _strict_lists(type_: Any, converter: cattrs.Converter) -> Any:
@@ -83,7 +156,7 @@ def _strict_lists(type_: Any, converter: cattrs.Converter) -> Any:
 
     def hook(value: Any, target: Any) -> Any:
         if not isinstance(value, list):
-            raise TypeError(f"expected a list, got {type(value).__name__}")
+            raise TypeError(f"expected an array, got {_json_type(value)}")
         return structure(value, target)
 
     return hook
@@ -92,8 +165,10 @@ def _strict_lists(type_: Any, converter: cattrs.Converter) -> Any:
 def _make_converter() -> cattrs.Converter:
     converter = cattrs.Converter(detailed_validation=True, forbid_extra_keys=False)
     converter.register_structure_hook_factory(is_mutable_sequence, _strict_lists)
+    converter.register_structure_hook_factory(is_mapping, _strict_mappings)
+    converter.register_structure_hook_factory(attrs.has, _strict_objects)
     converter.register_structure_hook(str, _strict(str, "a string"))
-    converter.register_structure_hook(int, _strict(int, "an integer"))
+    converter.register_structure_hook(int, _strict_int)
     converter.register_structure_hook(bool, _strict(bool, "a boolean"))
     converter.register_structure_hook(float, _strict_float)
     configure_union_passthrough(int | bool | str | float | None, converter)
@@ -111,6 +186,29 @@ def _format_exception(exc: BaseException, type_: Any) -> str:
     return cattrs.v.format_exception(exc, type_)
 
 
+def _field_errors(exc: BaseException, path: str) -> list[str]:
+    """``"message @ $.payload.field[...]"`` for every failure under ``exc``.
+
+    cattrs' own ``transform_error`` with one addition: a ``FieldError`` (a payload
+    class's validator) names the field it is about, so the path reaches it.
+    """
+    if isinstance(exc, IterableValidationError):
+        items, without = exc.group_exceptions()
+        errors = [
+            line for sub, item in items for line in _field_errors(sub, f"{path}[{item.index!r}]")
+        ]
+    elif isinstance(exc, ClassValidationError):
+        fields, without = exc.group_exceptions()
+        errors = [
+            line for sub, field in fields for line in _field_errors(sub, f"{path}.{field.name}")
+        ]
+    elif isinstance(exc, FieldError):
+        return [f"{exc.message} @ {path}.{exc.field}"]
+    else:
+        return [f"{_format_exception(exc, None)} @ {path}"]
+    return errors + [line for sub in without for line in _field_errors(sub, path)]
+
+
 def structure_payload(message_type: str, payload: dict[str, Any]) -> Any:
     """Structure a payload dict into its message class.
 
@@ -121,7 +219,7 @@ def structure_payload(message_type: str, payload: dict[str, Any]) -> Any:
     try:
         return _converter.structure(payload, cls)
     except Exception as exc:
-        errors = cattrs.transform_error(exc, path="$.payload", format_exception=_format_exception)
+        errors = _field_errors(exc, "$.payload")
         raise RemoteProtocolError(
             f"invalid {message_type} payload: {'; '.join(errors)}",
             details={"errors": errors},
@@ -149,25 +247,31 @@ def _envelope_errors(data: dict[str, Any], raw_id: Any, request_id: str | None) 
         errors.append(f"unsupported arcp version {version!r} @ $.arcp")
     if raw_id is None:
         errors.append("required field missing @ $.id")
-    elif request_id is None or not is_envelope_id(request_id):
+    elif request_id is None or len(request_id) > MAX_ID_LEN or not is_envelope_id(request_id):
         errors.append("id must be a ULID, a lowercase UUIDv7 or prefix_ULID @ $.id")
     message_type = data.get("type")
     if message_type is None:
         errors.append("required field missing @ $.type")
     elif not isinstance(message_type, str):
-        errors.append("expected a string @ $.type")
+        errors.append(f"expected a string, got {_json_type(message_type)} @ $.type")
+    elif len(message_type) > MAX_TYPE_LEN:
+        errors.append(f"must be at most {MAX_TYPE_LEN} characters @ $.type")
     for name in _ENVELOPE_STRINGS:
         value = data.get(name)
         if value is not None and not isinstance(value, str):
-            errors.append(f"expected a string @ $.{name}")
+            errors.append(f"expected a string, got {_json_type(value)} @ $.{name}")
+        elif value is not None and len(value) > MAX_REF_LEN:
+            errors.append(f"must be at most {MAX_REF_LEN} characters @ $.{name}")
     trace_id = data.get("trace_id")
     if trace_id is not None and not (isinstance(trace_id, str) and is_trace_id(trace_id)):
         errors.append("trace_id must be 32 lowercase hex characters, not all zeros @ $.trace_id")
     event_seq = data.get("event_seq")
     if event_seq is not None and (
-        isinstance(event_seq, bool) or not isinstance(event_seq, int) or event_seq < 1
+        isinstance(event_seq, bool)
+        or not isinstance(event_seq, int)
+        or not 1 <= event_seq <= MAX_INT
     ):
-        errors.append("event_seq must be an integer >= 1 @ $.event_seq")
+        errors.append("event_seq must be an integer from 1 to 2^63-1 @ $.event_seq")
     payload = data.get("payload")
     if payload is not None and not isinstance(payload, dict):
         errors.append("payload must be a JSON object @ $.payload")
@@ -176,6 +280,8 @@ def _envelope_errors(data: dict[str, Any], raw_id: Any, request_id: str | None) 
 
 #: ``is_session_pong`` looks at texts up to this long (a pong is about 230 bytes).
 PONG_CHECK_LIMIT: Final = 1024
+#: An integer literal of 20 digits or more (beyond 64 bits), or text that looks like one.
+_LONG_DIGITS: Final = re.compile(r"[:,\[][ \t\n\r]*-?[0-9]{20}")
 
 
 def is_session_pong(text: str) -> bool:
@@ -190,7 +296,8 @@ def is_session_pong(text: str) -> bool:
     shallow, where the two parsers' depth limits differ. A property test holds this
     to ``decode``. Never raises.
     """
-    if len(text) > PONG_CHECK_LIMIT:
+    if len(text) > PONG_CHECK_LIMIT or _LONG_DIGITS.search(text) is not None:
+        # (orjson reads integers beyond 64 bits as floats; decode refuses them.)
         return False
     try:
         data = orjson.loads(text)
@@ -201,14 +308,144 @@ def is_session_pong(text: str) -> bool:
     payload = data.get("payload")
     if not isinstance(payload, dict):
         return False
-    # SessionPong: ping_nonce a string (required), received_at a string or null.
-    received_at = payload.get("received_at")
-    if not isinstance(payload.get("ping_nonce"), str) or not (
-        received_at is None or isinstance(received_at, str)
-    ):
+    # SessionPong: ping_nonce a string (required), received_at a timestamp or null.
+    nonce = payload.get("ping_nonce")
+    if not isinstance(nonce, str) or len(nonce) > MAX_REF_LEN:
         return False
+    received_at = payload.get("received_at")
+    if received_at is not None:
+        if not isinstance(received_at, str) or len(received_at) > MAX_TIMESTAMP_LEN:
+            return False
+        try:
+            parse_timestamp(received_at)
+        except ValueError:
+            return False
     raw_id = data.get("id")
     return not _envelope_errors(data, raw_id, raw_id if isinstance(raw_id, str) else None)
+
+
+# -- reading the id of a frame that cannot be parsed ---------------------------------------
+
+#: ``recover_id`` reads at most this many characters of a frame.
+ID_SCAN_LIMIT: Final = 4096
+#: Members of the top-level object ``recover_id`` looks past before it gives up.
+_ID_SCAN_MEMBERS: Final = 16
+_WS = re.compile(r"[ \t\n\r]*")
+_STRING = re.compile(r'"(?:[^"\\\x00-\x1f]|\\.)*"')
+_SCALAR = re.compile(r'"(?:[^"\\\x00-\x1f]|\\.)*"|-?[0-9][0-9.eE+-]*|true|false|null')
+#: In a nested value: a string (skipped whole) or a bracket (counted).
+_NESTED_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def _skip_ws(text: str, pos: int) -> int:
+    match = _WS.match(text, pos)
+    return pos if match is None else match.end()
+
+
+def _skip_value(text: str, pos: int) -> int | None:
+    """Where the JSON value at ``pos`` ends, or None when it does not end in ``text``."""
+    if text.startswith(("{", "["), pos):
+        depth = 0
+        for token in _NESTED_TOKEN.finditer(text, pos):
+            mark = token.group()
+            if mark in "[{":
+                depth += 1
+            elif mark in "]}":
+                depth -= 1
+                if depth == 0:
+                    return token.end()
+        return None
+    scalar = _SCALAR.match(text, pos)
+    return None if scalar is None else scalar.end()
+
+
+def recover_id(text: str | bytes) -> str | None:
+    """The top-level ``"id"`` string of a frame that cannot be parsed whole.
+
+    Reads the frame's first ``ID_SCAN_LIMIT`` characters as far as the top-level
+    ``id`` member, skipping (not parsing) the members before it, so a frame that is
+    too large, too deep, not JSON further on, or not UTF-8 further on can still be
+    answered with its ``request_id`` (WIRE.md "Errors are correlated"). Returns None
+    when the id is not a string within that prefix, or is longer than ``MAX_ID_LEN``.
+    Never raises; its cost is bounded by the prefix.
+    """
+    if isinstance(text, bytes | bytearray):
+        text = bytes(text[:ID_SCAN_LIMIT]).decode("utf-8", "ignore")
+    window = text[:ID_SCAN_LIMIT]
+    pos = _skip_ws(window, 0)
+    if not window.startswith("{", pos):
+        return None
+    pos += 1
+    for _ in range(_ID_SCAN_MEMBERS):
+        pos = _skip_ws(window, pos)
+        key = _STRING.match(window, pos)
+        if key is None:
+            return None
+        pos = _skip_ws(window, key.end())
+        if not window.startswith(":", pos):
+            return None
+        pos = _skip_ws(window, pos + 1)
+        try:
+            name = json.loads(key.group())
+        except ValueError:
+            return None
+        if name == "id":
+            value = _STRING.match(window, pos)
+            if value is None:
+                return None
+            try:
+                found = json.loads(value.group())
+            except ValueError:
+                return None
+            return found if isinstance(found, str) and len(found) <= MAX_ID_LEN else None
+        end = _skip_value(window, pos)
+        if end is None:
+            return None
+        pos = _skip_ws(window, end)
+        if not window.startswith(",", pos):
+            return None
+        pos += 1
+    return None
+
+
+# -- decode -------------------------------------------------------------------------------
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (_INF, -_INF):
+        raise ValueError(f"number {text[:20]}... overflows a double")
+    return value
+
+
+_INF: Final = float("inf")
+#: A number that may overflow a double: an exponent of three digits or more, or more
+#: than 308 digits in a row. Only frames that contain one take the slower checked parse.
+_MAYBE_HUGE_NUMBER = re.compile(r"[eE][+]?0*[0-9]{3}|[0-9]{309}")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _loads(text: str | bytes) -> Any:
+    """``json.loads``, failing closed: no NaN/Infinity, no overflow to infinity, no
+    lone surrogate escape."""
+    if isinstance(text, bytes | bytearray):
+        text = bytes(text).decode("utf-8")  # strict: invalid UTF-8 is not JSON
+    if _MAYBE_HUGE_NUMBER.search(text) is None:
+        data = json.loads(text, parse_constant=_refuse_constant)
+    else:
+        data = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    if _SURROGATE_ESCAPE.search(text) is not None:
+        # Pairs make one character; a lone half stays in the string and could never be
+        # encoded again. orjson refuses exactly those (json.loads already took the rest).
+        try:
+            orjson.loads(text)
+        except orjson.JSONDecodeError:
+            raise ValueError("a string holds a lone surrogate escape") from None
+    return data
 
 
 def decode(text: str | bytes) -> Envelope:
@@ -217,17 +454,34 @@ def decode(text: str | bytes) -> Envelope:
     Raises:
         RemoteProtocolError: ``INVALID_REQUEST`` for anything that is not a valid
             ARCP envelope of a known type; ``.request_id`` is the frame's ``id`` when
-            it had a string one, so the reply can be correlated.
+            it had a string one (read from the raw text when the frame cannot be
+            parsed, see ``recover_id``), so the reply can be correlated.
     """
     try:
-        data = json.loads(text)
-    except (ValueError, UnicodeDecodeError):
-        raise RemoteProtocolError("frame is not valid JSON") from None
+        data = _loads(text)
     except RecursionError:
         # The parser gives up on deep nesting by recursion; that is the peer's fault.
-        raise RemoteProtocolError("frame is nested too deeply") from None
+        raise RemoteProtocolError(
+            "frame is nested too deeply for the JSON parser",
+            details={"errors": ["nested too deeply @ $"]},
+            request_id=recover_id(text),
+        ) from None
+    except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError included
+        reason = "frame is not valid UTF-8" if isinstance(exc, UnicodeDecodeError) else None
+        if reason is None:
+            reason = (
+                f"frame is not valid JSON: {exc}"
+                if not isinstance(exc, json.JSONDecodeError)
+                else f"frame is not valid JSON: {exc.msg} at character {exc.pos}"
+            )
+        raise RemoteProtocolError(
+            reason, details={"errors": [f"{reason} @ $"]}, request_id=recover_id(text)
+        ) from None
     if not isinstance(data, dict):
-        raise RemoteProtocolError(f"frame must be a JSON object, got {type(data).__name__}")
+        raise RemoteProtocolError(
+            f"frame must be a JSON object, got {_json_type(data)}",
+            details={"errors": [f"expected an object, got {_json_type(data)} @ $"]},
+        )
 
     raw_id = data.get("id")
     request_id = raw_id if isinstance(raw_id, str) else None

@@ -17,15 +17,43 @@ import re
 from typing import Any
 
 import attrs
+import orjson
 
+from .limits import (
+    MAX_AGENTS_ADVERTISED,
+    MAX_CODE_LEN,
+    MAX_CURSOR_LEN,
+    MAX_ENCODINGS,
+    MAX_FEATURE_LEN,
+    MAX_FEATURES,
+    MAX_IDEMPOTENCY_KEY_LEN,
+    MAX_INT,
+    MAX_LEASE_CHARS,
+    MAX_LEASE_NAMESPACES,
+    MAX_NAME_LEN,
+    MAX_NAMESPACE_LEN,
+    MAX_NESTING,
+    MAX_PATTERN_LEN,
+    MAX_PATTERNS_PER_NAMESPACE,
+    MAX_REASON_LEN,
+    MAX_REF_LEN,
+    MAX_SCHEME_LEN,
+    MAX_STATUS_FILTER,
+    MAX_TIMESTAMP_LEN,
+    MAX_TOKEN_LEN,
+    MAX_UINT,
+    MIN_INT,
+)
 from .timestamps import parse_timestamp
 
 __all__ = [
     "AGENT_REF_RE",
+    "JOB_STATUSES",
     "AgentInfo",
     "Auth",
     "Capabilities",
     "ClientInfo",
+    "FieldError",
     "JobAccepted",
     "JobCancel",
     "JobCancelled",
@@ -89,51 +117,187 @@ class MessageType(enum.StrEnum):
 # clients send: names start with a letter (upper case allowed), versions start
 # alphanumeric and carry no '+'. We additionally accept the spec's lowercase names
 # that start with a digit and '+' in versions, since §7.5 allows them.
-_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]*"
-_VERSION = r"[A-Za-z0-9][A-Za-z0-9.+_-]*"
+_NAME = rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_NAME_LEN - 1}}}"
+_VERSION = rf"[A-Za-z0-9][A-Za-z0-9.+_-]{{0,{MAX_NAME_LEN - 1}}}"
 AGENT_REF_RE = re.compile(rf"(?P<name>{_NAME})(?:@(?P<version>{_VERSION}))?")
+
+#: Every job status, as ``session.list_jobs.filter.status`` may name them (§6.6).
+JOB_STATUSES: frozenset[str] = frozenset(
+    {"pending", "running", "success", "error", "cancelled", "timed_out"}
+)
 
 
 def parse_agent_ref(ref: str) -> tuple[str, str | None]:
     """Split ``name[@version]``.
 
     Raises:
-        ValueError: the ref does not match the §7.5 grammar.
+        ValueError: the ref does not match the §7.5 grammar (each part at most
+            ``MAX_NAME_LEN`` characters).
     """
-    match = AGENT_REF_RE.fullmatch(ref)
+    match = AGENT_REF_RE.fullmatch(ref) if len(ref) <= 2 * MAX_NAME_LEN + 1 else None
     if match is None:
-        raise ValueError(f"malformed agent reference {ref!r} (expected name or name@version)")
+        shown = ref if len(ref) <= 80 else ref[:80] + "..."
+        raise ValueError(
+            f"malformed agent reference {shown!r} (expected name or name@version, "
+            f"each at most {MAX_NAME_LEN} characters)"
+        )
     return match["name"], match["version"]
 
 
-def _agent_ref(_inst: object, _attr: attrs.Attribute[Any], value: Any) -> None:
-    parse_agent_ref(value)
+class FieldError(ValueError):
+    """A payload field breaks a rule; ``field`` is its path below the payload class
+    (``"idempotency_key"``, ``"lease_request['fs.read'][3]"``), so the error names
+    the exact place (``$.payload.lease_request['fs.read'][3]``)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
 
 
-def _non_negative(_inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
-    if value is not None and value < 0:
-        raise ValueError(f"{attr.name} must be >= 0")
+def _shorten(value: str) -> str:
+    return value if len(value) <= 40 else value[:40] + "..."
+
+
+def _check_text(field: str, value: str, max_len: int, min_len: int = 0) -> None:
+    if len(value) > max_len:
+        raise FieldError(field, f"must be at most {max_len} characters, got {len(value)}")
+    if len(value) < min_len:
+        raise FieldError(field, f"must be at least {min_len} characters")
+
+
+def _text(max_len: int, min_len: int = 0) -> Any:
+    """A string field (or None when optional) of ``min_len`` to ``max_len`` characters."""
+
+    def check(_inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
+        if value is not None:
+            _check_text(attr.name, value, max_len, min_len)
+
+    return check
+
+
+def _texts(max_items: int, max_len: int) -> Any:
+    """A list of strings: at most ``max_items`` entries of at most ``max_len`` each."""
+
+    def check(_inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
+        if value is None:
+            return
+        if len(value) > max_items:
+            raise FieldError(attr.name, f"must have at most {max_items} entries, got {len(value)}")
+        for index, item in enumerate(value):
+            _check_text(f"{attr.name}[{index}]", item, max_len)
+
+    return check
+
+
+def _items(max_items: int) -> Any:
+    def check(_inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
+        if value is not None and len(value) > max_items:
+            raise FieldError(attr.name, f"must have at most {max_items} entries, got {len(value)}")
+
+    return check
 
 
 def _between(low: int, high: int) -> Any:
     def check(_inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
         if value is not None and not low <= value <= high:
-            raise ValueError(f"{attr.name} must be between {low} and {high}")
+            raise FieldError(attr.name, f"must be between {low} and {high}, got {value}")
 
     return check
 
 
-def _length(low: int, high: int) -> Any:
-    def check(_inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
-        if value is not None and not low <= len(value) <= high:
-            raise ValueError(f"{attr.name} must be {low} to {high} characters")
-
-    return check
+#: Sequence numbers and counts a client sends: 0 to the largest signed 64-bit integer.
+_seq = _between(0, MAX_INT)
 
 
 def _timestamp(_inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
-    if value is not None:
+    if value is None:
+        return
+    _check_text(attr.name, value, MAX_TIMESTAMP_LEN)
+    try:
         parse_timestamp(value)
+    except ValueError as exc:
+        raise FieldError(attr.name, str(exc)) from None
+
+
+def _agent_ref(_inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
+    if value is None:
+        return
+    try:
+        parse_agent_ref(value)
+    except ValueError as exc:
+        raise FieldError(attr.name, str(exc)) from None
+
+
+def _statuses(_inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
+    if value is None:
+        return
+    if len(value) > MAX_STATUS_FILTER:
+        raise FieldError(attr.name, f"must have at most {MAX_STATUS_FILTER} entries")
+    for index, status in enumerate(value):
+        if status not in JOB_STATUSES:
+            raise FieldError(
+                f"{attr.name}[{index}]",
+                f"unknown job status {_shorten(status)!r} (one of {sorted(JOB_STATUSES)})",
+            )
+
+
+def _cursor(_inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
+    # A decimal ordinal (WIRE.md §9): ASCII digits only (str.isdigit admits "²"),
+    # and short enough that int() is cheap and the value fits in 64 bits.
+    if value is None:
+        return
+    if not (0 < len(value) <= MAX_CURSOR_LEN and value.isascii() and value.isdigit()):
+        raise FieldError(
+            attr.name,
+            f"must be a cursor from session.jobs (1 to {MAX_CURSOR_LEN} decimal digits)",
+        )
+    if int(value) > MAX_INT:
+        raise FieldError(attr.name, "is beyond the largest cursor")
+
+
+def _json_value(_inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
+    """A free-form JSON value the runtime keeps (``job.submit.input``): one that its
+    encoder can write back (agents see it; results and idempotency fingerprints are
+    made of it): nesting at most ``MAX_NESTING`` deep, integers within 64 bits.
+    One C-speed pass, about 1 ms per MiB."""
+    if value is None or isinstance(value, str | int | float):
+        if isinstance(value, int) and not MIN_INT <= value <= MAX_UINT:
+            raise FieldError(attr.name, "integer beyond 64 bits")
+        return
+    try:
+        orjson.dumps(value)
+    except TypeError as exc:
+        if "Recursion" in str(exc):
+            raise FieldError(attr.name, f"nested deeper than {MAX_NESTING} levels") from None
+        if "64-bit" in str(exc):
+            raise FieldError(attr.name, "contains an integer beyond 64 bits") from None
+        # A lone surrogate escape ("\\ud800") is no Unicode text.
+        raise FieldError(attr.name, f"cannot be represented: {exc}") from None
+
+
+def _lease_request(_inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
+    """§9.2 shape and the size limits; pattern syntax is ``parse_lease``'s."""
+    name = attr.name
+    if len(value) > MAX_LEASE_NAMESPACES:
+        raise FieldError(name, f"must have at most {MAX_LEASE_NAMESPACES} namespaces")
+    total = 0
+    for namespace, patterns in value.items():
+        where = f"{name}[{_shorten(namespace)!r}]"
+        if len(namespace) > MAX_NAMESPACE_LEN:
+            raise FieldError(where, f"namespace names are at most {MAX_NAMESPACE_LEN} characters")
+        if len(patterns) > MAX_PATTERNS_PER_NAMESPACE:
+            raise FieldError(
+                where,
+                f"must have at most {MAX_PATTERNS_PER_NAMESPACE} patterns, got {len(patterns)}",
+            )
+        for index, pattern in enumerate(patterns):
+            _check_text(f"{where}[{index}]", pattern, MAX_PATTERN_LEN)
+            total += len(pattern)
+    if total > MAX_LEASE_CHARS:
+        raise FieldError(
+            name, f"patterns must total at most {MAX_LEASE_CHARS} characters, got {total}"
+        )
 
 
 # --- session.hello / welcome (§6.1, §6.2) -----------------------------------------
@@ -141,21 +305,24 @@ def _timestamp(_inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
 
 @attrs.frozen(kw_only=True)
 class ClientInfo:
-    name: str
-    version: str
+    name: str = attrs.field(validator=_text(MAX_NAME_LEN))
+    version: str = attrs.field(validator=_text(MAX_NAME_LEN))
 
 
 @attrs.frozen(kw_only=True)
 class Auth:
-    token: str
-    scheme: str = "bearer"
+    token: str = attrs.field(validator=_text(MAX_TOKEN_LEN))
+    scheme: str = attrs.field(default="bearer", validator=_text(MAX_SCHEME_LEN))
 
 
 @attrs.frozen(kw_only=True)
 class Capabilities:
-    encodings: list[str] = attrs.field(factory=lambda: ["json"])
-    features: list[str] = attrs.field(factory=list)
-    # Agent inventory: ``AgentInfo``-shaped dicts (agent_versions) or plain names.
+    encodings: list[str] = attrs.field(
+        factory=lambda: ["json"], validator=_texts(MAX_ENCODINGS, MAX_FEATURE_LEN)
+    )
+    features: list[str] = attrs.field(factory=list, validator=_texts(MAX_FEATURES, MAX_FEATURE_LEN))
+    # Agent inventory: ``AgentInfo``-shaped dicts (agent_versions) or plain names. A
+    # client's is ignored; a runtime's (in the welcome) lists every agent it hosts.
     agents: list[Any] = attrs.field(factory=list)
 
 
@@ -163,26 +330,33 @@ class Capabilities:
 class ResumeRequest:
     """The reference dialect's ``resume`` block (WIRE.md §5); ``token`` is Ruby's."""
 
-    resume_token: str | None = None
-    token: str | None = None
-    session_id: str | None = None
-    last_event_seq: int = attrs.field(default=0, validator=_non_negative)
+    resume_token: str | None = attrs.field(default=None, validator=_text(MAX_REF_LEN))
+    token: str | None = attrs.field(default=None, validator=_text(MAX_REF_LEN))
+    session_id: str | None = attrs.field(default=None, validator=_text(MAX_REF_LEN))
+    last_event_seq: int = attrs.field(default=0, validator=_seq)
 
     @property
     def presented_token(self) -> str | None:
         return self.resume_token if self.resume_token is not None else self.token
 
 
+def _client_agents(_inst: object, attr: attrs.Attribute[Any], value: Capabilities) -> None:
+    if len(value.agents) > MAX_AGENTS_ADVERTISED:
+        raise FieldError(
+            f"{attr.name}.agents", f"must have at most {MAX_AGENTS_ADVERTISED} entries"
+        )
+
+
 @attrs.frozen(kw_only=True)
 class SessionHello:
     client: ClientInfo
     auth: Auth
-    capabilities: Capabilities = attrs.field(factory=Capabilities)
+    capabilities: Capabilities = attrs.field(factory=Capabilities, validator=_client_agents)
     resume: ResumeRequest | None = None
     # The flat dialect (C#, Java): resume fields directly in the hello payload.
-    resume_token: str | None = None
-    last_event_seq: int | None = attrs.field(default=None, validator=_non_negative)
-    session_id: str | None = None
+    resume_token: str | None = attrs.field(default=None, validator=_text(MAX_REF_LEN))
+    last_event_seq: int | None = attrs.field(default=None, validator=_seq)
+    session_id: str | None = attrs.field(default=None, validator=_text(MAX_REF_LEN))
 
     def resume_request(self) -> ResumeRequest | None:
         """The resume this hello asks for, whichever dialect spelled it."""
@@ -201,9 +375,9 @@ class SessionHello:
 class SessionResume:
     """§6.3 ``session.resume``; ``auth`` is optional (the token is itself a secret)."""
 
-    resume_token: str
-    last_event_seq: int = attrs.field(default=0, validator=_non_negative)
-    session_id: str | None = None
+    resume_token: str = attrs.field(validator=_text(MAX_REF_LEN))
+    last_event_seq: int = attrs.field(default=0, validator=_seq)
+    session_id: str | None = attrs.field(default=None, validator=_text(MAX_REF_LEN))
     auth: Auth | None = None
 
 
@@ -247,30 +421,32 @@ class SessionError:
 
 @attrs.frozen(kw_only=True)
 class SessionPing:
-    nonce: str
-    sent_at: str
+    nonce: str = attrs.field(validator=_text(MAX_REF_LEN))
+    sent_at: str = attrs.field(validator=_timestamp)
 
 
 @attrs.frozen(kw_only=True)
 class SessionPong:
-    ping_nonce: str
-    received_at: str | None = None
+    ping_nonce: str = attrs.field(validator=_text(MAX_REF_LEN))
+    received_at: str | None = attrs.field(default=None, validator=_timestamp)
 
 
 @attrs.frozen(kw_only=True)
 class SessionAck:
-    last_processed_seq: int = attrs.field(validator=_non_negative)
+    last_processed_seq: int = attrs.field(validator=_seq)
 
 
 @attrs.frozen(kw_only=True)
 class SessionClose:
-    reason: str | None = None
+    reason: str | None = attrs.field(default=None, validator=_text(MAX_REASON_LEN))
 
 
 @attrs.frozen(kw_only=True)
 class SessionBye:
-    reason: str | None = None
-    code: str | None = None
+    """The reference dialect's close (WIRE.md §8): ``reason`` is required there."""
+
+    reason: str = attrs.field(validator=_text(MAX_REASON_LEN))
+    code: str | None = attrs.field(default=None, validator=_text(MAX_CODE_LEN))
 
 
 @attrs.frozen(kw_only=True)
@@ -284,8 +460,8 @@ class SessionClosed:
 
 @attrs.frozen(kw_only=True)
 class JobFilter:
-    status: list[str] | None = None
-    agent: str | None = None
+    status: list[str] | None = attrs.field(default=None, validator=_statuses)
+    agent: str | None = attrs.field(default=None, validator=_agent_ref)
     created_after: str | None = attrs.field(default=None, validator=_timestamp)
 
 
@@ -293,7 +469,7 @@ class JobFilter:
 class SessionListJobs:
     filter: JobFilter | None = None
     limit: int | None = attrs.field(default=None, validator=_between(1, 1000))
-    cursor: str | None = None
+    cursor: str | None = attrs.field(default=None, validator=_cursor)
 
 
 @attrs.frozen(kw_only=True)
@@ -324,19 +500,21 @@ class SessionJobs:
 
 @attrs.frozen(kw_only=True)
 class LeaseConstraints:
-    expires_at: str | None = None
+    expires_at: str | None = attrs.field(default=None, validator=_timestamp)
 
 
 @attrs.frozen(kw_only=True)
 class JobSubmit:
     agent: str = attrs.field(validator=_agent_ref)
-    input: Any = None
-    lease_request: dict[str, list[str]] = attrs.field(factory=dict)
+    input: Any = attrs.field(default=None, validator=_json_value)
+    lease_request: dict[str, list[str]] = attrs.field(factory=dict, validator=_lease_request)
     lease_constraints: LeaseConstraints | None = None
-    idempotency_key: str | None = attrs.field(default=None, validator=_length(1, 256))
+    idempotency_key: str | None = attrs.field(
+        default=None, validator=_text(MAX_IDEMPOTENCY_KEY_LEN, min_len=1)
+    )
     max_runtime_sec: int | None = attrs.field(default=None, validator=_between(1, 86400))
-    parent_job_id: str | None = None
-    delegate_id: str | None = None
+    parent_job_id: str | None = attrs.field(default=None, validator=_text(MAX_REF_LEN))
+    delegate_id: str | None = attrs.field(default=None, validator=_text(MAX_REF_LEN))
 
 
 @attrs.frozen(kw_only=True)
@@ -384,11 +562,15 @@ class JobError:
 
 @attrs.frozen(kw_only=True)
 class JobCancel:
-    """``job.cancel``; the job id is on the envelope (reference) or in the payload."""
+    """``job.cancel``; the job id is on the envelope (reference) or in the payload.
 
-    reason: str | None = None
-    code: str | None = None
-    job_id: str | None = None
+    ``reason`` is optional: the reference requires it (WIRE.md §12), but §7.4 gives the
+    message no payload, and a spec client's cancel must work (read every dialect).
+    """
+
+    reason: str | None = attrs.field(default=None, validator=_text(MAX_REASON_LEN))
+    code: str | None = attrs.field(default=None, validator=_text(MAX_CODE_LEN))
+    job_id: str | None = attrs.field(default=None, validator=_text(MAX_REF_LEN))
 
 
 @attrs.frozen(kw_only=True)
@@ -402,9 +584,9 @@ class JobCancelled:
 
 @attrs.frozen(kw_only=True)
 class JobSubscribe:
-    job_id: str
+    job_id: str = attrs.field(validator=_text(MAX_REF_LEN))
     history: bool = False
-    from_event_seq: int | None = attrs.field(default=None, validator=_non_negative)
+    from_event_seq: int | None = attrs.field(default=None, validator=_seq)
 
 
 @attrs.frozen(kw_only=True)
@@ -425,7 +607,7 @@ class JobSubscribed:
 
 @attrs.frozen(kw_only=True)
 class JobUnsubscribe:
-    job_id: str
+    job_id: str = attrs.field(validator=_text(MAX_REF_LEN))
 
 
 #: The payload class of every message type.

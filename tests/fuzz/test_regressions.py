@@ -18,6 +18,7 @@ from arcp_trio.testing import connect_peer
 from arcp_trio.wire.codec import decode
 from arcp_trio.wire.errors import RemoteProtocolError
 from arcp_trio.wire.ids import new_ulid
+from arcp_trio.wire.limits import MAX_NESTING
 
 if TYPE_CHECKING:
     from arcp_trio.runtime.runtime import Runtime
@@ -77,7 +78,7 @@ def test_a_string_is_not_a_list(message_type: str, payload: dict[str, object], p
         decode(json.dumps(frame))
     assert caught.value.details is not None
     assert any(
-        path in error and "expected a list" in error for error in caught.value.details["errors"]
+        path in error and "expected an array" in error for error in caught.value.details["errors"]
     )
 
 
@@ -89,9 +90,18 @@ async def test_a_deeply_nested_result_does_not_crash_the_runtime(
 ) -> None:
     """Found by the hostile-input fuzzer, fixed in the runtime: a result shallow enough
     for json.dumps (~600 levels) still crashed the job nursery when the terminal was
-    persisted (a recursive attrs.asdict)."""
+    persisted (a recursive attrs.asdict). Inputs are now held to MAX_NESTING, so the
+    deepest input a client may send is echoed back; one level more is refused."""
     peer = await arcp_peer("tok-alice")
-    accepted = await peer.request("job.submit", {"agent": "echo", "input": json.loads(nested(600))})
+    too_deep = await peer.request(
+        "job.submit", {"agent": "echo", "input": json.loads(nested(MAX_NESTING + 1))}
+    )
+    assert too_deep["type"] == "session.error"
+    assert too_deep["payload"]["details"]["errors"] == [
+        f"nested deeper than {MAX_NESTING} levels @ $.payload.input"
+    ]
+    deepest = json.loads(nested(MAX_NESTING))
+    accepted = await peer.request("job.submit", {"agent": "echo", "input": deepest})
     assert accepted["type"] == "job.accepted"
     terminal = await peer.recv_type("job.result", "job.error")
     assert terminal["job_id"] == accepted["payload"]["job_id"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import time
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -85,7 +86,7 @@ def test_decode_failures_carry_paths_and_request_id() -> None:
     assert info.value.request_id == frame_id
     assert info.value.code == ErrorCode.INVALID_REQUEST
     assert info.value.details == {
-        "errors": ["expected a string, got int @ $.payload.lease_request['fs.read'][0]"]
+        "errors": ["expected a string, got a number @ $.payload.lease_request['fs.read'][0]"]
     }
 
 
@@ -350,6 +351,9 @@ def _mutated_pongs(draw: st.DrawFn) -> str:
 @example(_pong_text(extension=float("nan")))  # the standard parser takes NaN, orjson not
 @example(_pong_text(extension="\ud800"))  # a lone surrogate escape, likewise
 @example(_pong_text(extension="x" * PONG_CHECK_LIMIT))
+@example(_pong_text(extension=2**64))  # orjson reads it as a float; decode refuses it
+@example(_pong_text(extension=[[[[1]]]], payload={"ping_nonce": "n", "received_at": "yesterday"}))
+@example(_pong_text(payload={"ping_nonce": "n" * 129}))
 def test_the_pong_check_gives_the_decoders_verdict(text: str) -> None:
     """§6.4: idle sessions' pongs skip the full decode; a pong that ``decode`` would
     refuse (answered with INVALID_REQUEST) must never be taken for one, and every
@@ -362,8 +366,13 @@ def test_the_pong_check_gives_the_decoders_verdict(text: str) -> None:
     if verdict:
         assert expected
     elif expected:
-        # Left to decode: only texts over the limit or JSON orjson refuses.
-        assert len(text) > PONG_CHECK_LIMIT or _orjson_refuses(text)
+        # Left to decode: only texts over the limit, JSON orjson refuses or reads
+        # differently (integers beyond 64 bits).
+        assert (
+            len(text) > PONG_CHECK_LIMIT
+            or _orjson_refuses(text)
+            or re.search(r"[:,\[][ \t\n\r]*-?[0-9]{20}", text) is not None
+        )
 
 
 def _orjson_refuses(text: str) -> bool:
