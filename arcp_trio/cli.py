@@ -50,6 +50,7 @@ import secrets
 import signal
 import sys
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -61,7 +62,7 @@ from .conformance import REQUIREMENTS, CheckResult, Outcome, Peer, PeerClosed, R
 from .conformance import run_conformance as _run_conformance
 from .demo_agents import demo_registry
 from .runtime.agents import AgentRegistry
-from .runtime.config import RuntimeConfig
+from .runtime.config import LeaseExpiry, RuntimeConfig
 from .runtime.credentials import InProcessProvisioner
 from .runtime.runtime import Runtime, open_runtime
 from .runtime.serve import serve_websocket
@@ -249,6 +250,20 @@ def _build_parser() -> argparse.ArgumentParser:
         type=float,
         default=5.0,
         help="how long running jobs get to finish at shutdown",
+    )
+    serve.add_argument(
+        "--lease-expiry",
+        choices=[mode.value for mode in LeaseExpiry],
+        default=LeaseExpiry.TERMINATE.value,
+        help="at a lease's expires_at: end the job with LEASE_EXPIRED and revoke its "
+        "credentials (terminate, the default), or fail only its next operation (on-use); "
+        "§9.5, docs/leases.md",
+    )
+    serve.add_argument(
+        "--no-reactor",
+        action="store_true",
+        help="each connection reads its own socket (the portable path macOS and Windows "
+        "run) instead of one epoll reactor reading them all (Linux)",
     )
     serve.add_argument("--stdio", action="store_true", help="serve one session on stdin/stdout")
     serve.add_argument(
@@ -563,6 +578,7 @@ async def _serve(args: argparse.Namespace, registry: AgentRegistry) -> None:
         heartbeat_interval_sec=args.heartbeat_sec,
         resume_window_sec=args.resume_window_sec,
         shutdown_grace_sec=args.shutdown_grace_sec,
+        lease_expiry=LeaseExpiry(args.lease_expiry),
     )
     store: Store = MemoryStore() if args.memory else SQLiteStore(args.db or _default_db())
     provisioner = InProcessProvisioner() if args.demo_credentials else None
@@ -577,7 +593,12 @@ async def _serve(args: argparse.Namespace, registry: AgentRegistry) -> None:
         if args.stdio:
             nursery.start_soon(_serve_stdio, runtime, nursery.cancel_scope)
         else:
-            info = await nursery.start(serve_websocket, runtime, args.host, args.port)
+            info = await nursery.start(
+                partial(serve_websocket, use_reactor=not args.no_reactor),
+                runtime,
+                args.host,
+                args.port,
+            )
             print(f"READY ws://{info.host}:{info.port}/arcp", flush=True)
         nursery.start_soon(_stop_on_signal, runtime, nursery.cancel_scope, args.max_seconds)
 

@@ -119,12 +119,14 @@ from ..wire.errors import (
     LeaseSubsetViolation,
     PermissionDenied,
 )
+from ..wire.limits import MAX_AMOUNT_FRACTION_DIGITS, MAX_AMOUNT_INTEGER_DIGITS
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
     from datetime import datetime
 
 __all__ = [
+    "LEASE_PATH",
     "RESERVED_NAMESPACES",
     "AmountPattern",
     "Budget",
@@ -148,7 +150,10 @@ RESERVED_NAMESPACES: frozenset[str] = frozenset(
 )
 _VENDOR_PREFIX: Final = "x-vendor."
 _PATH_NAMESPACES: Final = frozenset({"fs.read", "fs.write"})
-_AMOUNT_RE = re.compile(r"(?P<currency>[A-Za-z][A-Za-z0-9]{0,9}):(?P<amount>[0-9]+(?:\.[0-9]+)?)")
+_AMOUNT_RE = re.compile(
+    rf"(?P<currency>[A-Za-z][A-Za-z0-9]{{0,9}}):"
+    rf"(?P<amount>[0-9]{{1,{MAX_AMOUNT_INTEGER_DIGITS}}}(?:\.[0-9]{{1,{MAX_AMOUNT_FRACTION_DIGITS}}})?)"
+)
 _SLASH: Final = 0x2F
 
 
@@ -169,7 +174,12 @@ def parse_amount(pattern: str) -> tuple[str, Decimal]:
     """
     match = _AMOUNT_RE.fullmatch(pattern)
     if match is None:
-        raise InvalidRequest(f"cost.budget pattern {pattern!r} is not an amount like 'USD:5.00'")
+        shown = pattern if len(pattern) <= 60 else pattern[:60] + "..."
+        raise InvalidRequest(
+            f"cost.budget pattern {shown!r} is not an amount like 'USD:5.00' (at most "
+            f"{MAX_AMOUNT_INTEGER_DIGITS} digits before the point and "
+            f"{MAX_AMOUNT_FRACTION_DIGITS} after it)"
+        )
     try:
         return match["currency"], Decimal(match["amount"])
     except InvalidOperation:  # pragma: no cover - the regex admits only decimals
@@ -286,6 +296,14 @@ class _CharSet:
 
     negated: bool
     ranges: tuple[tuple[int, int], ...]
+
+    def contains(self, ch: str, *, path: bool) -> bool:
+        """Whether this set matches ``ch`` (as its ``regex`` would)."""
+        if path and ch == "/":
+            return False  # never within a path segment
+        code = ord(ch)
+        inside = any(lo <= code <= hi for lo, hi in self.ranges)
+        return inside != self.negated
 
     def regex(self, *, path: bool) -> str:
         if not self.negated and len(self.ranges) == 1 and self.ranges[0][0] == self.ranges[0][1]:
@@ -441,44 +459,138 @@ def _parse_class(reader: _Reader, *, path: bool) -> _CharSet:
     return _CharSet(negated=negated, ranges=ranges)
 
 
-def _tokenize(text: str, *, path: bool, percent: bool = False) -> tuple[_Token, ...]:
-    """Glob text (one path segment, or a whole name) → tokens."""
-    tokens: list[_Token] = []
+#: One element of a glob between stars: a run of literal text, or one character of a set.
+_Element = str | _CharSet
+#: A glob as the runs between its stars: ``a*b?c`` is ``(("a",), ("b", ANY, "c"))``.
+_Chunks = tuple[tuple[_Element, ...], ...]
+
+_SPECIAL: Final = re.compile(r"[*?\[]")
+_SPECIAL_PERCENT: Final = re.compile(r"[*?\[%]")
+#: The special characters but ``*``.
+_NOT_STAR: Final = re.compile(r"[?\[]")
+_NOT_STAR_PERCENT: Final = re.compile(r"[?\[%]")
+
+
+def _parse_glob(text: str, *, path: bool, percent: bool = False) -> _Chunks:
+    """Glob text (one path segment, or a whole name) → its star-separated chunks.
+
+    Linear, and cheap per character: literal text between special characters is
+    taken in one slice (a pattern is mostly literal), never one object per character.
+    """
+    special = _SPECIAL_PERCENT if percent else _SPECIAL
+    other_specials = _NOT_STAR_PERCENT if percent else _NOT_STAR
+    if other_specials.search(text) is None:
+        # Literal runs and stars only (most patterns): one split.
+        if path and "**" in text:
+            raise _BadPattern("'**' is only allowed as a whole path segment")
+        runs = text.split("*")
+        if len(runs) == 1:
+            return ((text,),)
+        return tuple(
+            (run,) if run else ()
+            for index, run in enumerate(runs)
+            if run or index == 0 or index == len(runs) - 1
+        )
+    chunks: list[tuple[_Element, ...]] = []
+    chunk: list[_Element] = []
+    run: list[str] = []
+    pos, end = 0, len(text)
     reader = _Reader(text, percent=percent)
-    while not reader.at_end():
-        ch = reader.peek()
-        if ch == "*":
-            reader.pos += 1
-            if path and not reader.at_end() and reader.peek() == "*":
+
+    def flush() -> None:
+        if run:
+            chunk.append("".join(run))
+            run.clear()
+
+    while pos < end:
+        found = special.search(text, pos)
+        stop = end if found is None else found.start()
+        if stop > pos:
+            run.append(text[pos:stop])
+        if found is None:
+            break
+        mark = text[stop]
+        if mark == "*":
+            if path and text.startswith("*", stop + 1):
                 raise _BadPattern("'**' is only allowed as a whole path segment")
-            if not (tokens and isinstance(tokens[-1], _Star)):
-                tokens.append(_STAR)
-        elif ch == "?":
-            reader.pos += 1
-            tokens.append(_ANY_CHAR)
-        elif ch == "[":
-            tokens.append(_parse_class(reader, path=path))
-        else:
-            tokens.append(_literal(reader.literal()))
+            flush()
+            if chunk or not chunks:
+                # Consecutive stars are one star: no empty chunk between them.
+                chunks.append(tuple(chunk))
+                chunk = []
+            pos = stop + 1
+        elif mark == "?":
+            flush()
+            chunk.append(_ANY_CHAR)
+            pos = stop + 1
+        elif mark == "[":
+            flush()
+            reader.pos = stop
+            chunk.append(_parse_class(reader, path=path))
+            pos = reader.pos
+        else:  # "%" in a URL path: the literal character it encodes
+            reader.pos = stop
+            run.append(reader.literal())
+            pos = reader.pos
+    flush()
+    chunks.append(tuple(chunk))
+    return tuple(chunks)
+
+
+def _expand(chunks: _Chunks) -> tuple[_Token, ...]:
+    """One token per character and star (what containment compares, §9.4)."""
+    tokens: list[_Token] = []
+    for index, chunk in enumerate(chunks):
+        if index:
+            tokens.append(_STAR)
+        for element in chunk:
+            if isinstance(element, str):
+                tokens.extend(_literal(ch) for ch in element)
+            else:
+                tokens.append(element)
     return tuple(tokens)
 
 
-def _tokens_regex(tokens: Sequence[_Token], *, path: bool) -> re.Pattern[str]:
-    """Compile tokens for ``fullmatch``, without catastrophic backtracking.
+class _LiteralGlob:
+    """Literal runs joined by stars: matched with ``startswith``, ``find`` and
+    ``endswith`` (leftmost placement of each middle run is always safe for globs),
+    no regex to compile."""
+
+    __slots__ = ("_first", "_last", "_middle", "_shortest")
+
+    def __init__(self, runs: Sequence[str]) -> None:
+        self._first = runs[0]
+        self._last = runs[-1]
+        self._middle = tuple(runs[1:-1])
+        self._shortest = sum(len(run) for run in runs)
+
+    def __call__(self, target: str) -> bool:
+        if len(target) < self._shortest:
+            return False
+        if not target.startswith(self._first) or not target.endswith(self._last):
+            return False
+        pos, stop = len(self._first), len(target) - len(self._last)
+        for run in self._middle:
+            found = target.find(run, pos, stop)
+            if found < 0:
+                return False
+            pos = found + len(run)
+        return True
+
+
+def _chunks_regex(chunks: _Chunks, *, path: bool) -> re.Pattern[str]:
+    """Compile chunks for ``fullmatch``, without catastrophic backtracking.
 
     ``c0*c1*...*cn`` (each ``ci`` fixed-width) becomes ``c0(?>.*?c1)...(?>.*?cn-1).*cn``:
     taking the earliest occurrence of each middle chunk is always safe for globs, and
     the atomic groups stop the regex engine from trying the others (as fnmatch does).
     """
-    chunks: list[list[_CharSet]] = [[]]
-    for token in tokens:
-        if isinstance(token, _Star):
-            chunks.append([])
-        else:
-            chunks[-1].append(token)
 
-    def chunk(part: list[_CharSet]) -> str:
-        return "".join(c.regex(path=path) for c in part)
+    def chunk(part: tuple[_Element, ...]) -> str:
+        return "".join(
+            re.escape(element) if isinstance(element, str) else element.regex(path=path)
+            for element in part
+        )
 
     any_run = "[^/]*" if path else ".*"
     out = chunk(chunks[0])
@@ -486,6 +598,48 @@ def _tokens_regex(tokens: Sequence[_Token], *, path: bool) -> re.Pattern[str]:
         out += "".join(f"(?>{any_run}?{chunk(middle)})" for middle in chunks[1:-1])
         out += any_run + chunk(chunks[-1])
     return re.compile(out, re.DOTALL)
+
+
+class _FixedGlob:
+    """A glob without stars: fixed width, matched element by element (no regex)."""
+
+    __slots__ = ("_elements", "_path", "_width")
+
+    def __init__(self, elements: tuple[_Element, ...], *, path: bool) -> None:
+        self._elements = elements
+        self._path = path
+        self._width = sum(len(e) if isinstance(e, str) else 1 for e in elements)
+
+    def __call__(self, target: str) -> bool:
+        if len(target) != self._width:
+            return False
+        pos = 0
+        for element in self._elements:
+            if isinstance(element, str):
+                if not target.startswith(element, pos):
+                    return False
+                pos += len(element)
+            else:
+                if not element.contains(target[pos], path=self._path):
+                    return False
+                pos += 1
+        return True
+
+
+def _matcher(chunks: _Chunks, *, path: bool) -> Callable[[str], bool]:
+    """``fullmatch`` for a glob: string operations when it is literal between its
+    stars (the common case), element by element when it has no star, and a regex
+    only for sets and stars together; compiling stays cheap per character."""
+    if all(isinstance(element, str) for part in chunks for element in part):
+        runs = ["".join(part) for part in chunks]  # type: ignore[arg-type]
+        if len(runs) == 1:
+            literal = runs[0]
+            return literal.__eq__
+        return _LiteralGlob(runs)
+    if len(chunks) == 1:
+        return _FixedGlob(chunks[0], path=path)
+    regex = _chunks_regex(chunks, path=path)
+    return lambda target: regex.fullmatch(target) is not None
 
 
 def _seq_cover(
@@ -542,10 +696,28 @@ def _tokens_cover(parent: Sequence[_Token], child: Sequence[_Token]) -> bool:
 # ---------------------------------------------------------------------------------------
 
 
-@attrs.frozen
 class _Segment:
-    tokens: tuple[_Token, ...]
-    regex: re.Pattern[str] = attrs.field(eq=False, repr=False)
+    """One path segment's glob (not ``**``); a plain class, as a pattern may have
+    hundreds of segments and each one is built at compile time."""
+
+    __slots__ = ("chunks", "match")
+
+    def __init__(self, chunks: _Chunks, match: Callable[[str], bool]) -> None:
+        self.chunks = chunks
+        self.match = match
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Segment) and other.chunks == self.chunks
+
+    def __hash__(self) -> int:
+        return hash(self.chunks)
+
+    def __repr__(self) -> str:
+        return f"_Segment({self.chunks!r})"
+
+    @property
+    def tokens(self) -> tuple[_Token, ...]:
+        return _expand(self.chunks)
 
 
 _PathItem = _Segment | _GlobStar
@@ -554,7 +726,7 @@ _PathItem = _Segment | _GlobStar
 def _segment_item_subset(child: object, parent: object) -> bool:
     assert isinstance(child, _Segment)
     assert isinstance(parent, _Segment)
-    return _tokens_cover(parent.tokens, child.tokens)
+    return parent.chunks == child.chunks or _tokens_cover(parent.tokens, child.tokens)
 
 
 def _split_path_pattern(text: str, *, percent: bool) -> tuple[_PathItem, ...]:
@@ -570,8 +742,11 @@ def _split_path_pattern(text: str, *, percent: bool) -> tuple[_PathItem, ...]:
             if not (items and isinstance(items[-1], _GlobStar)):
                 items.append(_GLOBSTAR)
             continue
-        tokens = _tokenize(raw, path=True, percent=percent)
-        items.append(_Segment(tokens, _tokens_regex(tokens, path=True)))
+        if _SPECIAL_PERCENT.search(raw) is None:
+            items.append(_Segment(((raw,),), raw.__eq__))  # literal: most segments
+            continue
+        chunks = _parse_glob(raw, path=True, percent=percent)
+        items.append(_Segment(chunks, _matcher(chunks, path=True)))
     return tuple(items)
 
 
@@ -598,7 +773,7 @@ def _match_path_items(items: Sequence[_PathItem], segments: Sequence[str]) -> bo
             item = items[i]
             if isinstance(item, _GlobStar):
                 nxt.add(i)
-            elif item.regex.fullmatch(segment):
+            elif item.match(segment):
                 nxt.add(i + 1)
         if not nxt:
             return False
@@ -857,22 +1032,26 @@ class NameGlob:
     """A compiled name pattern; ``*`` crosses ``/`` (rules in the module docstring)."""
 
     source: str
-    tokens: tuple[_Token, ...] = attrs.field(repr=False)
-    regex: re.Pattern[str] = attrs.field(repr=False, eq=False)
+    chunks: _Chunks = attrs.field(repr=False)
+    match: Callable[[str], bool] = attrs.field(repr=False, eq=False)
 
     @classmethod
     def compile(cls, pattern: str) -> NameGlob:
         if "\x00" in pattern:
             raise _BadPattern("NUL is not allowed")
-        tokens = _tokenize(pattern, path=False)
-        return cls(pattern, tokens, _tokens_regex(tokens, path=False))
+        chunks = _parse_glob(pattern, path=False)
+        return cls(pattern, chunks, _matcher(chunks, path=False))
+
+    @property
+    def tokens(self) -> tuple[_Token, ...]:
+        return _expand(self.chunks)
 
     def matches(self, target: str) -> bool:
-        return bool(target) and self.regex.fullmatch(target) is not None
+        return bool(target) and self.match(target)
 
     def covers(self, child: NameGlob) -> bool:
         """Sound: True only if every name ``child`` matches, this matches too."""
-        return _tokens_cover(self.tokens, child.tokens)
+        return self.chunks == child.chunks or _tokens_cover(self.tokens, child.tokens)
 
 
 @attrs.frozen
@@ -890,13 +1069,19 @@ class AmountPattern:
 Pattern = PathGlob | UrlGlob | NameGlob | AmountPattern
 
 
+#: Where a refused pattern sits in a submit (``details.errors`` paths, docs/limits.md).
+LEASE_PATH: Final = "$.payload.lease_request"
+
+
 def _check_namespace(namespace: str) -> None:
     # §9.2: the reserved namespaces, plus vendor extensions.
     if namespace in RESERVED_NAMESPACES:
         return
     if namespace.startswith(_VENDOR_PREFIX) and len(namespace) > len(_VENDOR_PREFIX):
         return
-    raise InvalidRequest(f"unknown lease namespace {namespace!r}")
+    raise InvalidRequest.at(
+        f"{LEASE_PATH}[{namespace[:64]!r}]", f"unknown lease namespace {namespace[:64]!r}"
+    )
 
 
 def compile_pattern(namespace: str, pattern: str) -> Pattern:
@@ -924,8 +1109,11 @@ def compile_pattern(namespace: str, pattern: str) -> Pattern:
 def pattern_covers(parent: Pattern, child: Pattern) -> bool:
     """Whether ``parent`` provably matches everything ``child`` matches (same kind).
 
-    Amounts are compared by `check_subset`, not here (always False).
+    Amounts are compared by `check_subset`, not here (always False). The same
+    pattern text covers itself at once (a lease policy that grants what was asked).
     """
+    if type(parent) is type(child) and parent.source == child.source:
+        return not isinstance(parent, AmountPattern)
     if isinstance(parent, PathGlob) and isinstance(child, PathGlob):
         return parent.covers(child)
     if isinstance(parent, UrlGlob) and isinstance(child, UrlGlob):
@@ -950,10 +1138,20 @@ def _freeze_grants(grants: Mapping[str, Sequence[str]]) -> dict[str, tuple[str, 
 
 
 def _compile_grants(lease: Lease) -> dict[str, tuple[Pattern, ...]]:
-    return {
-        namespace: tuple(compile_pattern(namespace, pattern) for pattern in patterns)
-        for namespace, patterns in lease.grants.items()
-    }
+    compiled: dict[str, tuple[Pattern, ...]] = {}
+    for namespace, patterns in lease.grants.items():
+        done: list[Pattern] = []
+        for index, pattern in enumerate(patterns):
+            try:
+                done.append(compile_pattern(namespace, pattern))
+            except InvalidRequest as exc:
+                if exc.details is not None:
+                    raise  # already placed (an unknown namespace)
+                raise InvalidRequest.at(
+                    f"{LEASE_PATH}[{namespace!r}][{index}]", exc.message
+                ) from None
+        compiled[namespace] = tuple(done)
+    return compiled
 
 
 @attrs.frozen

@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+import enum
 from typing import Any
 
 import attrs
 
-__all__ = ["RuntimeConfig"]
+__all__ = ["LeaseExpiry", "RuntimeConfig"]
+
+
+class LeaseExpiry(enum.StrEnum):
+    """What the runtime does when a running job's lease reaches ``expires_at`` (§9.5).
+
+    ``TERMINATE`` (the default): the job ends then with ``job.error LEASE_EXPIRED`` and
+    its provisioned credentials (§9.8) are revoked at that moment, whatever the agent
+    is doing. ``ON_USE``: only the spec's minimum: operations at or after the instant
+    fail with ``LEASE_EXPIRED``, and a job that never uses its lease runs on, holding
+    its credentials until it ends. docs/leases.md says why the default fails closed.
+    """
+
+    TERMINATE = "terminate"
+    ON_USE = "on-use"
+
 
 _MIB = 1 << 20
 
@@ -65,8 +81,9 @@ class RuntimeConfig:
     #: Denial codes that end the job with ``job.error`` instead of only failing the
     #: operation (§9.6: "if the runtime treats exhaustion as fatal").
     fatal_denials: frozenset[str] = frozenset()
-    #: §9.5: "MAY proactively terminate jobs whose leases have expired".
-    terminate_on_lease_expiry: bool = False
+    #: §9.5: "MAY proactively terminate jobs whose leases have expired": by default it
+    #: does (see ``LeaseExpiry``).
+    lease_expiry: LeaseExpiry = attrs.field(default=LeaseExpiry.TERMINATE, converter=LeaseExpiry)
     #: §9.7: whether a lease without ``model.use`` may invoke any model.
     model_use_default_allow: bool = True
     #: Finished jobs (and their history and idempotency records) are forgotten this

@@ -458,8 +458,9 @@ class Connection:
             action = monitor.poll(now)
             if action is _DEAD:
                 # §6.4: close the transport and surface HEARTBEAT_LOST — locally; the
-                # session stays resumable and no job is touched.
-                log.warning(
+                # session stays resumable and no job is touched. Expected (the client
+                # reconnects by design): INFO, one line.
+                log.info(
                     "heartbeat lost session_id=%s interval=%s",
                     self.session.session_id,
                     monitor.interval,

@@ -92,7 +92,7 @@ from ..wire.timestamps import (
     system_wall_clock,
 )
 from .auth import BearerAuth
-from .config import RuntimeConfig
+from .config import LeaseExpiry, RuntimeConfig
 from .connection import Connection
 from .context import JobContext
 from .credentials import (
@@ -104,7 +104,7 @@ from .credentials import (
 from .otel import NoTelemetry, Telemetry
 from .persist import job_from_row, job_to_row, session_to_row
 from .session import Session, hash_token
-from .timers import Timers
+from .timers import Timer, Timers
 from .tools import ToolRegistry, current_trace_id
 
 if TYPE_CHECKING:
@@ -143,6 +143,10 @@ class _LiveJob:
     deadline: float = math.inf
     #: The lease's ``expires_at`` as a Trio deadline, when proactive (§9.5).
     expiry_deadline: float = math.inf
+    #: Revokes the job's credentials at expiry even if the agent does not unwind then.
+    expiry_timer: Timer | None = None
+    #: Its credentials' revocation has been scheduled (at expiry, or at the terminal).
+    revoked: bool = False
     #: Jobs this one delegated to (§10); they end when it ends.
     children: set[str] = attrs.field(factory=set)
     emits_since_yield: int = 0
@@ -656,9 +660,7 @@ class Runtime:
     def _on_ack(self, connection: Connection, envelope: Envelope) -> None:
         ack: SessionAck = envelope.payload
         session = connection.session
-        if "ack" not in session.features:
-            log.debug("ack ignored (not negotiated) session_id=%s", session.session_id)
-            return
+        self._require(session, "ack")
         if session.buffer.ack(ack.last_processed_seq):
             self._store.trim_events(session.session_id, session.buffer.acked_through)
             self._save_session(session)
@@ -685,7 +687,7 @@ class Runtime:
             try:
                 created_after = parse_timestamp(filter_.created_after)
             except ValueError as exc:
-                raise InvalidRequest(str(exc)) from None
+                raise InvalidRequest.at("$.payload.filter.created_after", str(exc)) from None
         jobs, next_cursor = self.jobs.list_for(
             session.principal,
             statuses=frozenset(filter_.status) if filter_ and filter_.status is not None else None,
@@ -816,10 +818,36 @@ class Runtime:
 
     def _start_job(self, job: JobRecord, live: _LiveJob, function: Agent, input_: Any) -> None:
         """The one place jobs enter the job nursery."""
-        if self.config.terminate_on_lease_expiry and job.lease.expires_at is not None:
+        if self.config.lease_expiry is LeaseExpiry.TERMINATE and job.lease.expires_at is not None:
+            # §9.5 "MAY proactively terminate": the job's scope ends at the instant; the
+            # timer (at most one timer granularity later) revokes its credentials even
+            # if the agent does not unwind, so no credential outlives its lease (§9.8).
             live.expiry_deadline = self._trio_deadline(job.lease.expires_at)
+            live.expiry_timer = self._timers.call_at(
+                live.expiry_deadline, lambda _now: self._lease_expired(job, live)
+            )
         self._live[job.job_id] = live
         self._job_nursery.start_soon(self._run_job, job, function, input_)
+
+    def _lease_expired(self, job: JobRecord, live: _LiveJob) -> None:
+        """The lease's ``expires_at`` has passed (§9.5) and the job has not ended."""
+        live.expiry_timer = None
+        if live.done.is_set():
+            return
+        log.info("lease expired job_id=%s expires_at=%s", job.job_id, job.lease.expires_at)
+        if live.ending is None:
+            live.ending = _lease_expired_terminal()
+        if live.scope is not None:
+            live.scope.cancel()
+        self._revoke_all(job, live)
+
+    def _revoke_all(self, job: JobRecord, live: _LiveJob) -> None:
+        """§9.8.2: revoke every credential of the job, once."""
+        if live.revoked:
+            return
+        live.revoked = True
+        for credential in job.credentials:
+            self._schedule_revocation(job.job_id, credential)
 
     def _trio_deadline(self, moment: datetime) -> float:
         """A wall-clock instant on the wire as a Trio deadline (STYLE: one converter)."""
@@ -997,12 +1025,7 @@ class Runtime:
                 terminal = live.ending
             elif terminal is None and live.expiry_deadline <= live.deadline:
                 # §9.5: proactive termination at the lease's expires_at.
-                terminal = Terminal(
-                    status=JobStatus.ERROR,
-                    completed_at="",
-                    code=ErrorCode.LEASE_EXPIRED,
-                    message="the lease expired while the job was running",
-                )
+                terminal = _lease_expired_terminal()
             elif terminal is None:
                 terminal = Terminal(
                     status=JobStatus.TIMED_OUT,
@@ -1072,9 +1095,11 @@ class Runtime:
         terminal = attrs.evolve(terminal, completed_at=self._timestamp())
         job.finish(terminal)
         self._store.save_job(job_to_row(job))
-        for credential in job.credentials:
-            # §9.8.2: revoke at every terminal state, however it ended.
-            self._schedule_revocation(job.job_id, credential)
+        # §9.8.2: revoke at every terminal state, however it ended.
+        self._revoke_all(job, live)
+        if live.expiry_timer is not None:
+            live.expiry_timer.cancel()
+            live.expiry_timer = None
         live.done.set()
         self._live.pop(job.job_id, None)
         parent = self.jobs.get(job.parent_job_id) if job.parent_job_id else None
@@ -1526,12 +1551,13 @@ class Runtime:
 
     def _parse_expiry(self, text: str) -> datetime:
         """§9.5: UTC with ``Z``, in the future at submission time."""
+        where = "$.payload.lease_constraints.expires_at"
         try:
             moment = parse_timestamp(text, require_utc=True)
         except ValueError as exc:
-            raise InvalidRequest(f"lease_constraints.expires_at: {exc}") from None
+            raise InvalidRequest.at(where, str(exc)) from None
         if moment <= self._wall_clock():
-            raise InvalidRequest("lease_constraints.expires_at must be in the future")
+            raise InvalidRequest.at(where, "must be in the future (§9.5)")
         return moment
 
     def _on_denial(self, job: JobRecord, denial: ARCPError) -> None:
@@ -1625,6 +1651,16 @@ def _ledger_key(credential: dict[str, Any]) -> str:
     """One ledger row per credential *value*: a rotation keeps the id, not the value."""
     digest = hashlib.sha256(str(credential["value"]).encode()).hexdigest()[:16]
     return f"{credential['id']}#{digest}"
+
+
+def _lease_expired_terminal() -> Terminal:
+    # §12: LEASE_EXPIRED is never retryable; §9.5: final_status "error".
+    return Terminal(
+        status=JobStatus.ERROR,
+        completed_at="",
+        code=ErrorCode.LEASE_EXPIRED,
+        message="the lease expired while the job was running",
+    )
 
 
 def _internal(message: str) -> Terminal:

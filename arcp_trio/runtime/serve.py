@@ -20,6 +20,7 @@ async def serve_websocket(
     port: int,
     *,
     path: str = "/arcp",
+    use_reactor: bool = True,
     task_status: trio.TaskStatus[WebSocketServerInfo] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Accept ARCP connections on ``ws://host:port/arcp`` until cancelled.
@@ -27,6 +28,11 @@ async def serve_websocket(
     ``task_status.started`` reports a ``WebSocketServerInfo`` with the bound address
     (port 0 picks a free one). Each connection runs ``runtime.handle_transport``; one
     connection's failure never reaches another or any job.
+
+    ``use_reactor``: on Linux one task reads every connection's socket, so idle
+    sessions cost no wake-ups (``transport.reactor``); False (and every platform
+    without epoll) gives each connection's task its own socket to read: the portable
+    path, which the transport conformance tests also run on Linux.
 
     Cancellation: stops accepting and ends every connection; jobs are untouched (they
     belong to the runtime).
@@ -38,5 +44,6 @@ async def serve_websocket(
         path=path,
         max_message_size=runtime.config.max_message_size,
         handshake_timeout=runtime.config.handshake_timeout_sec,
+        use_reactor=use_reactor,
         task_status=task_status,
     )

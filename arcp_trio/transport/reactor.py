@@ -27,6 +27,14 @@ all, so a peer that takes longer to answer a burst of pings still has its pongs 
 in batches. Nothing is lost or reordered, and input is noticed at the latest when
 the window it arrived in ends.
 
+Identity: the kernel reuses descriptor numbers, so a registration, not a number, is
+what the reactor serves. ``register`` returns a ``Registration``; a transport passes
+it back to ``resume``, ``pause``, ``defer`` and ``unregister``, and the reactor ignores a
+registration that is no longer the current one for its descriptor. Registering a
+descriptor that already has an entry (its old socket was closed without
+``unregister``) starts afresh: the new socket is never taken for the closed one's
+state (active, deferred), and the old owner's later calls touch nothing.
+
 A callback that raises is logged and its socket paused; the transport learns of it
 through its callback's own error handling (see ``WebSocketTransport._on_readable``).
 The reactor itself never dies of one connection. When ``run`` ends (the server is
@@ -48,12 +56,16 @@ import trio
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["ReadReactor", "reactor_available"]
+__all__ = ["ReadReactor", "Registration", "reactor_available"]
 
 log = logging.getLogger(__name__)
 
 #: Sockets served per wake-up at most (the rest stay ready for the next pass).
 _BATCH = 512
+#: Bytes read per wake-up at most (callbacks report what they read): one busy peer,
+#: or many, cannot keep the reactor from yielding for longer than parsing this takes
+#: (a few milliseconds); the sockets not served stay ready for the next pass.
+PASS_BYTES = 1 << 20
 
 #: Windows in a row a deferred socket with nothing to read stays deferred (``defer``).
 DEFER_ROUNDS = 5
@@ -64,12 +76,25 @@ def reactor_available() -> bool:
     return sys.platform.startswith("linux") and hasattr(select, "epoll")
 
 
+class Registration:
+    """One socket's place in a ``ReadReactor`` (see "Identity" in the module docstring)."""
+
+    __slots__ = ("callback", "fd")
+
+    def __init__(self, fd: int, callback: Callable[[], int | None]) -> None:
+        self.fd = fd
+        self.callback = callback
+
+    def __repr__(self) -> str:
+        return f"Registration(fd={self.fd})"
+
+
 class ReadReactor:
     """Readiness callbacks for many sockets, served by one task (``run``)."""
 
     def __init__(self) -> None:
         self._epoll = select.epoll()
-        self._callbacks: dict[int, Callable[[], None]] = {}
+        self._registrations: dict[int, Registration] = {}
         self._active: set[int] = set()
         #: Deferred sockets (out of the set until then): fd -> (Trio time it returns,
         #: window, windows left including this one).
@@ -85,28 +110,55 @@ class ReadReactor:
         self.wakeups = 0
         self.callbacks_run = 0
 
-    def register(self, fd: int, callback: Callable[[], None]) -> None:
-        """Know ``fd`` (paused until ``resume``); ``callback`` runs when it is readable."""
-        self._callbacks[fd] = callback
+    def register(self, fd: int, callback: Callable[[], int | None]) -> Registration:
+        """Know ``fd`` (paused until ``resume``); ``callback`` runs when it is readable
+        and returns how many bytes it read (None: nothing to count).
 
-    def unregister(self, fd: int) -> None:
-        """Forget ``fd`` (before it is closed). Idempotent."""
-        self.pause(fd)
-        self._callbacks.pop(fd, None)
+        An entry left for ``fd`` by a socket that was closed without ``unregister`` is
+        replaced, with its state: the new socket starts paused and not deferred.
+        """
+        if fd in self._registrations:
+            self._deferred.pop(fd, None)
+            self._leave_set(fd)
+        registration = Registration(fd, callback)
+        self._registrations[fd] = registration
+        return registration
 
-    def resume(self, fd: int) -> None:
+    def _current(self, which: int | Registration) -> int | None:
+        """The descriptor to act on, or None for a registration that was replaced."""
+        if isinstance(which, int):
+            return which if which in self._registrations else None
+        return which.fd if self._registrations.get(which.fd) is which else None
+
+    def unregister(self, which: int | Registration) -> None:
+        """Forget a socket (before it is closed). Idempotent; a stale registration
+        (its descriptor registered again since) is ignored."""
+        fd = self._current(which)
+        if fd is not None:
+            self.pause(fd)
+            del self._registrations[fd]
+
+    def resume(self, which: int | Registration) -> None:
+        fd = self._current(which)
+        if fd is None:
+            return
         if self._deferred:
             self._deferred.pop(fd, None)
-        if not self.closed and fd in self._callbacks and fd not in self._active:
+        if not self.closed and fd not in self._active:
             self._epoll.register(fd, select.EPOLLIN)
             self._active.add(fd)
 
-    def pause(self, fd: int) -> None:
+    def pause(self, which: int | Registration) -> None:
+        fd = self._current(which)
+        if fd is None:
+            return
         if self._deferred:
             self._deferred.pop(fd, None)
         self._leave_set(fd)
 
-    def defer(self, fd: int, start: float, window: float, rounds: int = DEFER_ROUNDS) -> None:
+    def defer(
+        self, which: int | Registration, start: float, window: float, rounds: int = DEFER_ROUNDS
+    ) -> None:
         """Take an active ``fd`` out of the set for ``window`` seconds from Trio time
         ``start``, then serve it (with every other socket due by then) if it is
         readable; if it is not, defer it again for as long, ``rounds`` windows in all.
@@ -114,7 +166,8 @@ class ReadReactor:
         ``pause`` and ``resume`` end a deferral early; a socket not being served is
         left alone.
         """
-        if self.closed or fd not in self._active:
+        fd = self._current(which)
+        if self.closed or fd is None or fd not in self._active:
             return
         self._leave_set(fd)
         until = start + window
@@ -172,8 +225,8 @@ class ReadReactor:
         if self.closed:
             return
         self.closed = True
-        callbacks = list(self._callbacks.values())
-        self._callbacks.clear()
+        callbacks = [registration.callback for registration in self._registrations.values()]
+        self._registrations.clear()
         self._active.clear()
         self._deferred.clear()
         self._returns.clear()
@@ -202,17 +255,21 @@ class ReadReactor:
                     now = trio.current_time()
                     returned = self._return_deferred(now)
                 served = self._epoll.poll(0, _BATCH)
+                budget = PASS_BYTES
                 for fd, _mask in served:
-                    callback = self._callbacks.get(fd)
-                    if callback is None or fd not in self._active:
+                    if budget <= 0:
+                        break  # the rest are still readable: served after a yield
+                    registration = self._registrations.get(fd)
+                    if registration is None or fd not in self._active:
                         continue
                     self.callbacks_run += 1
                     try:
-                        callback()
+                        budget -= registration.callback() or 0
                     except Exception:
                         log.error("read callback failed fd=%s", fd, exc_info=True)
                         self.pause(fd)
-                if returned and len(served) < _BATCH:  # (a full batch may have left some)
+                if returned and budget > 0 and len(served) < _BATCH:
+                    # (a full batch, or a spent budget, may have left some unread)
                     self._defer_again(now, returned, served)
                 # Ready sockets beyond the batch wait for the next pass; other tasks run
                 # first, since waiting on the set yields to them even when it is ready.

@@ -198,7 +198,7 @@ class StreamTransport(TransportState):
                 return line.decode("utf-8", "replace")
 
     def _too_large(self, size: int) -> NoReturn:
-        log.warning(
+        log.info(
             "discarded oversized line peer=%s size=%d limit=%d",
             self._description,
             size,

@@ -58,8 +58,8 @@ from __future__ import annotations
 import contextlib
 import http
 import logging
-import os
 import signal
+import socket
 import ssl
 import urllib.parse
 from typing import TYPE_CHECKING, NoReturn
@@ -90,7 +90,7 @@ from arcp_trio.transport.base import (
     TransportState,
     utf8_size,
 )
-from arcp_trio.transport.reactor import ReadReactor, reactor_available
+from arcp_trio.transport.reactor import ReadReactor, Registration, reactor_available
 from arcp_trio.transport.wsframes import FrameConnection, server_text_frame, server_text_frames
 
 if TYPE_CHECKING:
@@ -117,6 +117,41 @@ _NORMAL_CLOSURE = 1000
 _CAN_SEND = frozenset({ConnectionState.OPEN})
 _CAN_CLOSE = frozenset({ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING})
 _INTERNAL_ERROR = 1011
+#: ``send`` flag: a write to a reset peer fails with EPIPE instead of raising SIGPIPE
+#: (Linux, BSDs). 0 where the platform has none.
+_MSG_NOSIGNAL: int = getattr(socket, "MSG_NOSIGNAL", 0)
+
+
+def _no_sigpipe(sock: socket.socket) -> bool:
+    """Whether a write to ``sock`` after the peer reset it raises instead of killing
+    the process with SIGPIPE: always with ``MSG_NOSIGNAL`` (Linux, BSDs) or
+    ``SO_NOSIGPIPE`` (set here, where the platform has it), and where there is no
+    SIGPIPE (Windows); elsewhere only while SIGPIPE is ignored (Python's default)."""
+    if _MSG_NOSIGNAL:
+        return True
+    nosigpipe = getattr(socket, "SO_NOSIGPIPE", None)
+    if nosigpipe is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, nosigpipe, 1)
+        except OSError:
+            pass
+        else:
+            return True
+    sigpipe = getattr(signal, "SIGPIPE", None)
+    return sigpipe is None or signal.getsignal(sigpipe) == signal.SIG_IGN
+
+
+def _raw_socket(stream: trio.abc.Stream) -> socket.socket | None:
+    """The stdlib socket under a ``trio.SocketStream`` (non-blocking, owned by trio).
+
+    The fast paths (``send_nowait``, reactor reads) act on the socket object itself,
+    never on a bare descriptor number. trio keeps it as ``_sock``; if a future trio
+    does not, the transport runs without the fast paths (still correct).
+    """
+    if not isinstance(stream, trio.SocketStream):
+        return None
+    sock = getattr(stream.socket, "_sock", None)
+    return sock if isinstance(sock, socket.socket) else None
 
 
 class WebSocketTransport(TransportState):
@@ -158,17 +193,13 @@ class WebSocketTransport(TransportState):
         ws = connection.connection if isinstance(connection, WSConnection) else connection
         assert ws is not None  # an OPEN WSConnection has its frame connection
         self._ws: Connection | FrameConnection = ws
-        #: The socket's descriptor for ``send_nowait`` (-1: not available). Only
-        #: servers (unmasked frames we build ourselves), only on POSIX, and only when
-        #: SIGPIPE is ignored (Python's default), so a write to a reset socket raises.
-        self._fd = -1
-        if (
-            not ws.client
-            and isinstance(stream, trio.SocketStream)
-            and os.name == "posix"
-            and signal.getsignal(signal.SIGPIPE) == signal.SIG_IGN
-        ):
-            self._fd = stream.socket.fileno()
+        #: The stream's own socket, for writes that need no waiting (``send_nowait``)
+        #: and the reactor's reads; None where there is none (not a socket stream,
+        #: or a client: clients mask their frames, through wsproto).
+        self._sock = _raw_socket(stream) if not ws.client else None
+        #: ``send_nowait`` may write: a reset peer must be an error, never a SIGPIPE,
+        #: whatever the process's disposition is later (``_no_sigpipe``).
+        self._nowait_ok = self._sock is not None and _no_sigpipe(self._sock)
         self._max_message_size = max_message_size
         self._close_timeout = close_timeout
         super().__init__(description)
@@ -198,10 +229,26 @@ class WebSocketTransport(TransportState):
         self._waker: Callable[[], None] | None = None
         self._data_ready: trio.Event | None = None
         self._read_error: str | None = None
-        if reactor is not None and not ws.client and isinstance(stream, trio.SocketStream):
+        self._registration: Registration | None = None
+        if reactor is not None and self._sock is not None:
             self._reactor = reactor
-            self._read_fd = stream.socket.fileno()
-            reactor.register(self._read_fd, self._on_readable)
+            self._registration = reactor.register(self._sock.fileno(), self._on_readable)
+
+    @property
+    def _reg(self) -> Registration:
+        assert self._registration is not None  # only called with a reactor
+        return self._registration
+
+    @property
+    def _reg_sock(self) -> socket.socket:
+        assert self._sock is not None  # a reactor reads only real sockets
+        return self._sock
+
+    def _send_raw(self, data: bytes) -> int:
+        """One non-blocking write to the socket (``_nowait_ok`` only). Raises OSError
+        (``BlockingIOError`` when full)."""
+        assert self._sock is not None
+        return self._sock.send(data, _MSG_NOSIGNAL)
 
     # -- errors ---------------------------------------------------------------------------
 
@@ -241,7 +288,7 @@ class WebSocketTransport(TransportState):
         if not self._stream_closed:
             self._stream_closed = True
             if self._reactor is not None:
-                self._reactor.unregister(self._read_fd)
+                self._reactor.unregister(self._reg)
                 self._wake_reader()
             await trio.aclose_forcefully(self._stream)
 
@@ -289,7 +336,7 @@ class WebSocketTransport(TransportState):
         busy, owed bytes, not open) or the kernel takes nothing.
         """
         if (
-            self._fd < 0
+            not self._nowait_ok
             or self._control
             or self._closed
             or self._broken is not None
@@ -300,7 +347,7 @@ class WebSocketTransport(TransportState):
             return False
         data = server_text_frame(message)
         try:
-            sent = os.write(self._fd, data)
+            sent = self._send_raw(data)
         except OSError:
             # Full (EAGAIN) or failed: the regular path waits, or reports the error.
             return False
@@ -437,7 +484,7 @@ class WebSocketTransport(TransportState):
         reactor = self._reactor
         if reactor is None or reactor.closed:
             return True
-        reactor.resume(self._read_fd)
+        reactor.resume(self._reg)
         return False
 
     def defer_receive(self, start: float, window: float) -> None:
@@ -445,11 +492,11 @@ class WebSocketTransport(TransportState):
         at the end of the window it arrives in, with the other deferred sockets."""
         reactor = self._reactor
         if reactor is not None:
-            reactor.defer(self._read_fd, start, window)
+            reactor.defer(self._reg, start, window)
 
     def _wake_reader(self) -> None:
         if self._reactor is not None:
-            self._reactor.pause(self._read_fd)
+            self._reactor.pause(self._reg)
         if self._data_ready is not None:
             self._data_ready.set()
         if self._waker is not None:
@@ -463,7 +510,7 @@ class WebSocketTransport(TransportState):
         assert reactor is not None
         if self._read_error is None and not self._eof:
             ready = self._data_ready = trio.Event()
-            reactor.resume(self._read_fd)
+            reactor.resume(self._reg)
             try:
                 await ready.wait()
             finally:
@@ -477,18 +524,20 @@ class WebSocketTransport(TransportState):
         if self._eof and not self._events:
             await self._fail(f"{self._description}: {self._ended}")
 
-    def _on_readable(self) -> None:
-        """The reactor's callback: read what is there, parse it, route it.
+    def _on_readable(self) -> int:
+        """The reactor's callback: read what is there, parse it, route it; returns
+        the bytes read (the reactor's budget per pass).
 
         Never raises: whatever goes wrong is recorded for the receiving task, which
         it wakes (a reactor that had to catch it could only stop reading).
         """
         try:
-            self._read_ready()
+            return self._read_ready()
         except Exception as exc:
             log.error("websocket read failed peer=%s", self._description, exc_info=True)
             self._read_error = f"{self._description}: read failed: {exc!r}"
             self._wake_reader()
+            return 0
 
     def _offer_inline(self, inline: Callable[[str], bool], event: Event) -> bool:
         return (
@@ -506,18 +555,18 @@ class WebSocketTransport(TransportState):
             log.error("inline handler failed peer=%s", self._description, exc_info=True)
             return False
 
-    def _read_ready(self) -> None:
+    def _read_ready(self) -> int:
         if self._reactor is None or self._reactor.closed:
             self._wake_reader()  # the reader reads for itself from now on
-            return
+            return 0
         try:
-            data = os.read(self._read_fd, RECEIVE_CHUNK)
+            data = self._reg_sock.recv(RECEIVE_CHUNK)
         except BlockingIOError:
-            return
+            return 0
         except OSError as exc:
             self._read_error = f"{self._description}: receive failed: {exc!r}"
             self._wake_reader()
-            return
+            return 0
         inline = self._inline
         ws = self._ws
         # Whole messages with nothing unhandled before them may go to the inline
@@ -533,7 +582,7 @@ class WebSocketTransport(TransportState):
                 if not self._offer_text(inline, text):
                     self._events.append(TextMessage(data=text))
                     self._wake_reader()
-                return
+                return len(data)
         if not data:
             self._eof = True
         try:
@@ -543,7 +592,7 @@ class WebSocketTransport(TransportState):
         except (LocalProtocolError, RemoteProtocolError) as exc:
             self._read_error = f"{self._description}: WebSocket protocol error: {exc}"
             self._wake_reader()
-            return
+            return len(data)
         # Control frames never need the receiving task when they can be dealt with here.
         queued: list[Event] = []
         for event in events:
@@ -557,14 +606,15 @@ class WebSocketTransport(TransportState):
         if queued or self._eof:
             self._events[:0] = queued[::-1]
             self._wake_reader()
+        return len(data)
 
     def _pong_nowait(self, ping: Ping) -> bool:
         """Answer a ping from the reactor if the socket takes the pong whole, now."""
-        if self._fd < 0 or self._control or self._sending or not self._writable():
+        if not self._nowait_ok or self._control or self._sending or not self._writable():
             return False
         data = self._ws.send(ping.response())
         try:
-            sent = os.write(self._fd, data)
+            sent = self._send_raw(data)
         except OSError:
             return False  # full or failed: the receiving task answers it
         if sent < len(data):
@@ -614,7 +664,7 @@ class WebSocketTransport(TransportState):
         seen, self._buffered = self._buffered, 0
         if self._discarding:
             self._discarding = False
-            log.warning(
+            log.info(
                 "discarded oversized message peer=%s size=%d limit=%d",
                 self._description,
                 seen,

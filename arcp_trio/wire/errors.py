@@ -159,6 +159,12 @@ class BudgetExhausted(ARCPError):
 class InvalidRequest(ARCPError):
     code = ErrorCode.INVALID_REQUEST
 
+    @classmethod
+    def at(cls, path: str, message: str) -> InvalidRequest:
+        """A refusal of one field: ``details.errors`` is ``["message @ path"]``, as
+        ``codec.decode`` reports schema violations (``$.payload.cursor``)."""
+        return cls(f"{message} @ {path}", details={"errors": [f"{message} @ {path}"]})
+
 
 class RemoteProtocolError(InvalidRequest):
     """The peer sent something the protocol forbids (a malformed or unknown frame).

@@ -30,11 +30,13 @@ __all__ = [
     "MAX_INT",
     "MAX_LEASE_CHARS",
     "MAX_LEASE_NAMESPACES",
+    "MAX_LEASE_WILDCARDS",
     "MAX_NAMESPACE_LEN",
     "MAX_NAME_LEN",
     "MAX_NESTING",
     "MAX_PATTERNS_PER_NAMESPACE",
     "MAX_PATTERN_LEN",
+    "MAX_PATTERN_WILDCARDS",
     "MAX_REASON_LEN",
     "MAX_REF_LEN",
     "MAX_SCHEME_LEN",
@@ -96,7 +98,11 @@ MAX_LEASE_NAMESPACES: Final = 16
 MAX_NAMESPACE_LEN: Final = 64
 MAX_PATTERNS_PER_NAMESPACE: Final = 64
 MAX_PATTERN_LEN: Final = 1024
-MAX_LEASE_CHARS: Final = 8192
+MAX_LEASE_CHARS: Final = 4096
+#: Wildcards (each ``*``, ``?`` and ``[``) per pattern and over a whole lease: what
+#: makes a glob costly to compile and to match is its wildcards, not its literal text.
+MAX_PATTERN_WILDCARDS: Final = 32
+MAX_LEASE_WILDCARDS: Final = 256
 #: ``cost.budget`` amounts (§9.6): digits before and after the point, so budget
 #: arithmetic stays exact in ``Decimal``'s default 28-digit precision.
 MAX_AMOUNT_INTEGER_DIGITS: Final = 15

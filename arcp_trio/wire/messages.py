@@ -30,10 +30,12 @@ from .limits import (
     MAX_INT,
     MAX_LEASE_CHARS,
     MAX_LEASE_NAMESPACES,
+    MAX_LEASE_WILDCARDS,
     MAX_NAME_LEN,
     MAX_NAMESPACE_LEN,
     MAX_NESTING,
     MAX_PATTERN_LEN,
+    MAX_PATTERN_WILDCARDS,
     MAX_PATTERNS_PER_NAMESPACE,
     MAX_REASON_LEN,
     MAX_REF_LEN,
@@ -281,7 +283,7 @@ def _lease_request(_inst: object, attr: attrs.Attribute[Any], value: Any) -> Non
     name = attr.name
     if len(value) > MAX_LEASE_NAMESPACES:
         raise FieldError(name, f"must have at most {MAX_LEASE_NAMESPACES} namespaces")
-    total = 0
+    total = wildcards = 0
     for namespace, patterns in value.items():
         where = f"{name}[{_shorten(namespace)!r}]"
         if len(namespace) > MAX_NAMESPACE_LEN:
@@ -294,6 +296,16 @@ def _lease_request(_inst: object, attr: attrs.Attribute[Any], value: Any) -> Non
         for index, pattern in enumerate(patterns):
             _check_text(f"{where}[{index}]", pattern, MAX_PATTERN_LEN)
             total += len(pattern)
+            count = pattern.count("*") + pattern.count("?") + pattern.count("[")
+            if count > MAX_PATTERN_WILDCARDS:
+                raise FieldError(
+                    f"{where}[{index}]",
+                    f"must have at most {MAX_PATTERN_WILDCARDS} wildcards ('*', '?', '['), "
+                    f"got {count}",
+                )
+            wildcards += count
+    if wildcards > MAX_LEASE_WILDCARDS:
+        raise FieldError(name, f"patterns must have at most {MAX_LEASE_WILDCARDS} wildcards in all")
     if total > MAX_LEASE_CHARS:
         raise FieldError(
             name, f"patterns must total at most {MAX_LEASE_CHARS} characters, got {total}"

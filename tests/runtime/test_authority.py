@@ -182,7 +182,7 @@ async def test_an_operation_after_expiry_ends_the_job(
 async def test_proactive_termination_at_expiry(
     nursery: trio.Nursery, autojump_clock: trio.abc.Clock
 ) -> None:
-    config = RuntimeConfig(heartbeat_interval_sec=1000, terminate_on_lease_expiry=True)
+    config = RuntimeConfig(heartbeat_interval_sec=1000, lease_expiry="terminate")
     start = trio.current_time()
     frames = await run(
         nursery, "slow", {"seconds": 100}, config=config, lease_constraints=expires_in(5)

@@ -170,7 +170,7 @@ async def test_cancelling_the_parent_cancels_its_children(
 async def test_a_child_inherits_the_parents_expiry(
     nursery: trio.Nursery, autojump_clock: trio.abc.Clock
 ) -> None:
-    async with await open_rt(terminate_on_lease_expiry=True) as runtime:
+    async with await open_rt(lease_expiry="terminate") as runtime:
         peer = await session(runtime, nursery)
         expires = format_timestamp(trio_wall_clock() + timedelta(seconds=5))
         accepted = await peer.submit(

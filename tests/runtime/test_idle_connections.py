@@ -241,13 +241,13 @@ async def test_input_after_a_ping_waits_for_the_batch_of_pongs(
             ping = await peer.recv()
             pinged = trio.current_time()
             assert ping["type"] == "session.ping"
-            assert (transport._read_fd in reactor._deferred) == (batch > 0)
+            assert (transport._reg.fd in reactor._deferred) == (batch > 0)
             await peer.send("session.pong", {"ping_nonce": ping["payload"]["nonce"]})
             request_id = await peer.send("session.list_jobs", {})
             jobs = await peer.recv_type("session.jobs")
             assert jobs["payload"]["request_id"] == request_id
             assert trio.current_time() - pinged == pytest.approx(batch)
-            assert transport._read_fd not in reactor._deferred
+            assert transport._reg.fd not in reactor._deferred
             assert connection.monitor is not None
             assert connection.monitor.last_received >= pinged  # the pong (and request) read
             assert session_is_live(rt, peer, connection)

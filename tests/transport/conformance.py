@@ -79,9 +79,24 @@ async def memory_rendezvous_pair(
         await close_both(a, b)
 
 
+def ws_tcp_pair(
+    *, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+) -> AbstractAsyncContextManager[Pair]:
+    """A client from ``connect_websocket`` and its server-side transport, over TCP,
+    read through the read reactor (Linux)."""
+    return _ws_tcp_pair(max_message_size=max_message_size, use_reactor=True)
+
+
+def ws_tcp_portable_pair(
+    *, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+) -> AbstractAsyncContextManager[Pair]:
+    """The same without the reactor: each connection's task reads its own socket, the
+    path macOS and Windows run (``serve_websocket(..., use_reactor=False)``)."""
+    return _ws_tcp_pair(max_message_size=max_message_size, use_reactor=False)
+
+
 @asynccontextmanager
-async def ws_tcp_pair(*, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> AsyncIterator[Pair]:
-    """A client from ``connect_websocket`` and its server-side transport, over TCP."""
+async def _ws_tcp_pair(*, max_message_size: int, use_reactor: bool) -> AsyncIterator[Pair]:
     async with trio.open_nursery() as nursery:
         handed_send, handed_receive = trio.open_memory_channel[Transport](1)
         release = trio.Event()
@@ -97,6 +112,7 @@ async def ws_tcp_pair(*, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> As
                 "127.0.0.1",
                 0,
                 max_message_size=max_message_size,
+                use_reactor=use_reactor,
             )
         )
         client = await connect_websocket(info.url, max_message_size=max_message_size)
@@ -191,6 +207,7 @@ PAIRS: dict[str, MakePair] = {
     "memory": memory_pair,
     "memory-rendezvous": memory_rendezvous_pair,
     "ws-tcp": ws_tcp_pair,
+    "ws-tcp-portable": ws_tcp_portable_pair,
     "ws-memory-stream": ws_memory_pair,
     "stdio-memory-stream": stdio_memory_pair,
     "stdio-lockstep": stdio_lockstep_pair,

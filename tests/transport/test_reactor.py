@@ -6,7 +6,10 @@ taken inline) is tested in ``tests/runtime/test_timers.py``.
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 from functools import partial
 
 import pytest
@@ -14,7 +17,7 @@ import trio
 import trio.testing
 
 from arcp_trio.transport.base import ReceivesInline, Transport, TransportBroken
-from arcp_trio.transport.reactor import DEFER_ROUNDS, ReadReactor, reactor_available
+from arcp_trio.transport.reactor import DEFER_ROUNDS, PASS_BYTES, ReadReactor, reactor_available
 from arcp_trio.transport.websocket import (
     WebSocketTransport,
     connect_websocket,
@@ -411,3 +414,110 @@ async def test_a_deferred_socket_closed_behind_the_reactors_back_costs_only_itse
             assert rec.got[-1][:2] == ("kept", b"more")
             nursery.cancel_scope.cancel()
     assert any("cannot serve deferred" in r.message for r in caplog.records)
+
+
+async def test_a_new_socket_on_a_reused_descriptor_is_read(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """The kernel reuses descriptor numbers: a socket closed without ``unregister``
+    left its number active (and deferred) in the reactor's books. The next socket
+    given that number must still be read, and the old owner's later calls (it still
+    holds its registration) must not touch the new one."""
+    reactor = ReadReactor()
+    rec = Recorder(reactor)
+    old, old_peer = socket.socketpair()
+    with trio.fail_after(GUARD), old_peer:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reactor.run)
+            stale = reactor.register(old.fileno(), rec.callback("old", old))
+            reactor.resume(stale)
+            reactor.defer(stale, trio.current_time(), 5)
+            number = old.fileno()
+            old.close()  # behind the reactor's back
+            new, new_peer = socket.socketpair()
+            with new, new_peer:
+                if new.fileno() != number:  # pragma: no cover - the kernel chose another
+                    new.close()
+                    new = socket.socket(fileno=os.dup2(new_peer.fileno(), number))
+                new.setblocking(False)
+                fresh = reactor.register(number, rec.callback("new", new))
+                reactor.resume(fresh)
+                reactor.pause(stale)  # the old owner, late: ignored
+                reactor.defer(stale, trio.current_time(), 5)
+                reactor.unregister(stale)
+                new_peer.send(b"hello")
+                await trio.sleep(0.01)
+                assert [(name, data) for name, data, _ in rec.got] == [("new", b"hello")]
+                reactor.unregister(fresh)
+                nursery.cancel_scope.cancel()
+
+
+async def test_one_pass_reads_a_bounded_number_of_bytes() -> None:
+    """A pass stops serving sockets once ``PASS_BYTES`` have been read: the rest stay
+    readable and are served after the reactor yields to other tasks."""
+    reactor = ReadReactor()
+    pairs = [socket.socketpair() for _ in range(3)]
+    passes: list[tuple[int, int]] = []
+    all_read = trio.Event()
+
+    def reader(index: int, sock: socket.socket) -> int:
+        if reactor.closed:
+            return 0
+        data = sock.recv(PASS_BYTES)
+        passes.append((index, reactor.wakeups))
+        if len({index for index, _ in passes}) == len(pairs):
+            all_read.set()
+        return len(data)
+
+    try:
+        for index, (sock, peer) in enumerate(pairs):
+            sock.setblocking(False)
+            peer.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * PASS_BYTES)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * PASS_BYTES)
+            peer.sendall(b"x" * (PASS_BYTES // 2 + 1))
+            reactor.register(sock.fileno(), partial(reader, index, sock))
+            reactor.resume(sock.fileno())
+        with trio.fail_after(GUARD):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(reactor.run)
+                await all_read.wait()
+                nursery.cancel_scope.cancel()
+    finally:
+        for sock, peer in pairs:
+            sock.close()
+            peer.close()
+    first_pass = [index for index, wakeup in passes if wakeup == passes[0][1]]
+    assert len(first_pass) == 2  # half a budget each: the third had to wait
+    assert len({wakeup for _, wakeup in passes}) >= 2
+
+
+def _pipe_killer() -> None:  # pragma: no cover - runs in a child process
+    """Set SIGPIPE to its default (kill) *after* the transport exists, reset the peer,
+    then write through ``send_nowait``: with MSG_NOSIGNAL the write fails, and the
+    process lives to print OK."""
+    import signal
+
+    from arcp_trio.transport.wsframes import FrameConnection
+
+    async def main() -> None:
+        a, b = trio.socket.socketpair()
+        stream = trio.SocketStream(a)
+        transport = WebSocketTransport(stream, FrameConnection(client=False))
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        b.close()
+        for _ in range(50):
+            transport.send_nowait("x" * 1000)
+        print("OK", flush=True)
+
+    trio.run(main)
+
+
+def test_a_write_to_a_reset_peer_never_raises_sigpipe() -> None:
+    """The review: the SIGPIPE disposition was checked once, at construction; a later
+    SIG_DFL let a peer reset kill the process. Writes now carry MSG_NOSIGNAL."""
+    code = "from tests.transport.test_reactor import _pipe_killer; _pipe_killer()"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert done.stdout.strip() == "OK"
