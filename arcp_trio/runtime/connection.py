@@ -46,6 +46,7 @@ import trio
 from ..protocol.session import HeartbeatAction, HeartbeatMonitor
 from ..transport.base import (
     DefersReceive,
+    MessageRefused,
     MessageTooLarge,
     ReceivesInline,
     ReportsReceivable,
@@ -54,7 +55,14 @@ from ..transport.base import (
     TransportError,
 )
 from ..transport.outbox import Outbox
-from ..wire.codec import Envelope, decode, encode, encode_ping_frame, is_session_pong
+from ..wire.codec import (
+    Envelope,
+    decode,
+    encode,
+    encode_ping_frame,
+    is_session_pong,
+    recover_id,
+)
 from ..wire.errors import ARCPError, ErrorCode, RemoteProtocolError
 from ..wire.ids import new_frame_id
 from ..wire.messages import MessageType, SessionError
@@ -73,6 +81,15 @@ _DEAD, _SEND_PING = HeartbeatAction.DEAD, HeartbeatAction.SEND_PING
 
 #: What every ``session.pong`` frame contains (a cheap test before decoding one).
 _PONG_TYPE = '"session.pong"'
+
+
+def refusal(exc: MessageTooLarge | MessageRefused) -> RemoteProtocolError:
+    """The ``INVALID_REQUEST`` that answers a message the transport refused."""
+    if isinstance(exc, MessageTooLarge):
+        message = f"frame of at least {exc.size} bytes exceeds the limit of {exc.limit}"
+    else:
+        message = f"frame refused: {exc.reason}"
+    return RemoteProtocolError(message, details={"errors": [f"{message} @ $"]})
 
 
 class Connection:
@@ -392,15 +409,19 @@ class Connection:
                 continue
             try:
                 text = await self.transport.receive_message()
-            except MessageTooLarge as exc:
+            except (MessageTooLarge, MessageRefused) as exc:
+                # Refused before it could be parsed: still answered, by the id in its
+                # first bytes (WIRE.md "Errors are correlated").
                 if monitor is not None:
                     monitor.received(trio.current_time())
-                self.send_error(
-                    RemoteProtocolError(
-                        f"frame of at least {exc.size} bytes exceeds the limit of {exc.limit}"
-                    ),
-                    request_id=None,
-                )
+                self.send_error(refusal(exc), request_id=recover_id(exc.prefix))
+                if isinstance(exc, MessageRefused) and exc.fatal:
+                    # The transport must end (a WebSocket text message that is not
+                    # UTF-8): the answer goes out first, then the close.
+                    self.close_after_flush(f"refused: {exc.reason}")
+                    while not self.closed:
+                        await self._park()  # the writer's end (or an abort) wakes it
+                    return
                 continue
             if monitor is not None:
                 monitor.received(trio.current_time())

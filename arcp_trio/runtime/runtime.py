@@ -47,8 +47,8 @@ from ..protocol.session import (
     negotiate_features,
 )
 from ..store.base import MemoryStore, Recovered, Store, StoreError
-from ..transport.base import MessageTooLarge, Transport, TransportError
-from ..wire.codec import Envelope, decode, dumps, encode, unstructure_payload
+from ..transport.base import MessageRefused, MessageTooLarge, Transport, TransportError
+from ..wire.codec import Envelope, decode, dumps, encode, recover_id, unstructure_payload
 from ..wire.errors import (
     ARCPError,
     ErrorCode,
@@ -93,7 +93,7 @@ from ..wire.timestamps import (
 )
 from .auth import BearerAuth
 from .config import LeaseExpiry, RuntimeConfig
-from .connection import Connection
+from .connection import Connection, refusal
 from .context import JobContext
 from .credentials import (
     Credential,
@@ -366,10 +366,8 @@ class Runtime:
         with trio.move_on_after(self.config.handshake_timeout_sec):
             try:
                 text = await transport.receive_message()
-            except MessageTooLarge as exc:
-                await self._refuse(
-                    transport, InvalidRequest(f"hello frame exceeds {exc.limit} bytes"), None
-                )
+            except (MessageTooLarge, MessageRefused) as exc:
+                await self._refuse(transport, refusal(exc), recover_id(exc.prefix))
                 return None
             except TransportError:
                 return None

@@ -578,8 +578,8 @@ def _deeply_nested(draw: st.DrawFn) -> HostileFrame:
             f'{{"arcp":"1.1","id":"{frame_id}","type":"session.list_jobs",'
             f'"payload":{{"cursor":{nested}}}}}'
         )
-    # A parser that gives up on the depth cannot find the id to correlate.
-    return HostileFrame(kind="deeply_nested", text=text, request_id=None)
+    # The id comes before the nesting: a runtime reads it from the frame's first bytes.
+    return HostileFrame(kind="deeply_nested", text=text, request_id=frame_id)
 
 
 @st.composite
@@ -589,7 +589,8 @@ def _huge(draw: st.DrawFn, limit: int) -> HostileFrame:
     head = f'{{"arcp":"1.1","id":"{frame_id}","type":"session.ping","payload":{{"nonce":"'
     tail = '","sent_at":"2026-01-01T00:00:00.000000Z"}}'
     filler = "x" * max(0, limit + extra - len(head) - len(tail))
-    return HostileFrame(kind="huge", text=head + filler + tail, request_id=None)
+    # Too large to read whole, but its id is in its first bytes.
+    return HostileFrame(kind="huge", text=head + filler + tail, request_id=frame_id)
 
 
 #: Every kind of hostile frame ``hostile_frames`` makes.
@@ -621,9 +622,8 @@ def hostile_frames(
         huge: include frames over the limit (a megabyte each by default).
         kinds: only these kinds (see ``HOSTILE_KINDS``).
 
-    ``deeply_nested`` frames carry no ``request_id`` expectation (``None``): a parser
-    that refuses the depth cannot read the id; a runtime that can may still
-    correlate, which ``request_id_ok`` accepts.
+    Frames refused before a full parse (``deeply_nested``, ``huge``) carry their id
+    in their first bytes, so the answer must be correlated with it too.
     """
     by_kind: dict[str, list[st.SearchStrategy[HostileFrame]]] = {
         "not_json": [_not_json()],
@@ -649,9 +649,13 @@ def hostile_frames(
 
 
 def request_id_ok(frame: HostileFrame, request_id: Any) -> bool:
-    """Whether an error's ``request_id`` correlates correctly with ``frame``."""
-    if frame.kind == "deeply_nested":
-        return request_id is None or isinstance(request_id, str)
+    """Whether an error's ``request_id`` correlates correctly with ``frame``.
+
+    Text that is not JSON may still open with an ``"id"`` member (``{"id":"x",...``):
+    an answer that names it is correct too.
+    """
+    if frame.kind == "not_json" and frame.request_id is None and isinstance(request_id, str):
+        return frame.text.lstrip().startswith("{") and f'"{request_id}"' in frame.text
     return bool(request_id == frame.request_id)
 
 

@@ -9,8 +9,15 @@ Error tree (all under :class:`~arcp_trio.wire.errors.ARCPError`)::
     TransportError          something went wrong with the carrier
     ├─ TransportClosed      *we* closed it (``aclose`` was called)
     ├─ TransportBroken      the peer closed it, or the network failed
-    └─ MessageTooLarge      one inbound message was over the limit and was dropped;
-                            the transport is still usable (recoverable)
+    ├─ MessageTooLarge      one inbound message was over the limit and was dropped;
+    │                       the transport is still usable (recoverable)
+    └─ MessageRefused       one inbound message was not text (not UTF-8) and was
+                            dropped; usable unless ``fatal`` (a WebSocket text
+                            message must be UTF-8, RFC 6455 §8.1)
+
+Both refusals keep the first ``REFUSED_PREFIX`` characters that could be read
+(``prefix``), so the owner can answer the message by its id (WIRE.md "Errors are
+correlated") before anything is closed.
 
 No trio, wsproto or OS exception type escapes a transport: each implementation maps
 them at its edge.
@@ -27,7 +34,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
+    "REFUSED_PREFIX",
     "DefersReceive",
+    "MessageRefused",
     "MessageTooLarge",
     "ReceivesInline",
     "ReportsReceivable",
@@ -37,12 +46,17 @@ __all__ = [
     "TransportClosed",
     "TransportError",
     "TransportState",
+    "decode_text",
+    "text_prefix",
     "utf8_size",
 ]
 
 #: Inbound messages larger than this many bytes are refused by default (1 MiB, the
 #: ``websockets`` library default the reference SDK runs with; WIRE.md §1).
 DEFAULT_MAX_MESSAGE_SIZE = 1 << 20
+
+#: Characters of a refused message kept for its owner (``MessageTooLarge.prefix``).
+REFUSED_PREFIX = 4096
 
 
 class TransportError(ARCPError):
@@ -67,12 +81,69 @@ class MessageTooLarge(TransportError):
         size: bytes of the message seen before giving up (at least ``limit + 1``; the
             whole message when the transport had to read it all to skip it).
         limit: the transport's ``max_message_size``.
+        prefix: the message's first characters (up to ``REFUSED_PREFIX``).
     """
 
-    def __init__(self, size: int, limit: int) -> None:
+    def __init__(self, size: int, limit: int, *, prefix: str = "") -> None:
         super().__init__(f"inbound message of at least {size} bytes exceeds the limit of {limit}")
         self.size = size
         self.limit = limit
+        self.prefix = prefix
+
+
+class MessageRefused(TransportError):
+    """An inbound message could not be read as text (invalid UTF-8) and was dropped.
+
+    Attributes:
+        reason: what was wrong with it.
+        prefix: what decoded before the first bad byte (up to ``REFUSED_PREFIX``).
+        fatal: the transport ends after this (a WebSocket peer that sends a text
+            message that is not UTF-8 must be failed, RFC 6455 §8.1: the next
+            ``receive_message`` and ``aclose`` do it, with close code 1007). The owner
+            answers the message first. When False the transport stays usable.
+    """
+
+    def __init__(self, reason: str, *, prefix: str = "", fatal: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.prefix = prefix
+        self.fatal = fatal
+
+
+def text_prefix(
+    parts: Sequence[str | bytes | bytearray], more: str | bytes | bytearray = b""
+) -> str:
+    """The first ``REFUSED_PREFIX`` characters of a message being assembled (bytes
+    are read as UTF-8, as far as they decode)."""
+    out = ""
+    for part in [*parts, more]:
+        piece = (
+            part
+            if isinstance(part, str)
+            else bytes(part[: REFUSED_PREFIX * 4]).decode("utf-8", "ignore")
+        )
+        out += piece[: REFUSED_PREFIX - len(out)]
+        if len(out) >= REFUSED_PREFIX:
+            break
+    return out
+
+
+def decode_text(data: bytes | bytearray, *, fatal: bool = False) -> str:
+    """``data`` as UTF-8, strictly.
+
+    Raises:
+        MessageRefused: not UTF-8; its ``prefix`` is what decoded before the first bad
+            byte.
+    """
+    try:
+        return bytes(data).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        readable = bytes(data[: min(exc.start, REFUSED_PREFIX * 4)]).decode("utf-8", "ignore")
+        raise MessageRefused(
+            f"message is not valid UTF-8 (byte {exc.start})",
+            prefix=readable[:REFUSED_PREFIX],
+            fatal=fatal,
+        ) from None
 
 
 @runtime_checkable

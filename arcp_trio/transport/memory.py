@@ -17,6 +17,7 @@ import trio
 
 from arcp_trio.transport.base import (
     DEFAULT_MAX_MESSAGE_SIZE,
+    REFUSED_PREFIX,
     MessageTooLarge,
     TransportBroken,
     TransportError,
@@ -146,7 +147,7 @@ class MemoryTransport(TransportState):
             self._receiving = False
         size = utf8_size(message)
         if size > self._max_message_size:
-            raise MessageTooLarge(size, self._max_message_size)
+            raise MessageTooLarge(size, self._max_message_size, prefix=message[:REFUSED_PREFIX])
         return message
 
     async def aclose(self) -> None:

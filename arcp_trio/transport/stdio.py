@@ -26,6 +26,8 @@ from arcp_trio.transport.base import (
     DEFAULT_MAX_MESSAGE_SIZE,
     MessageTooLarge,
     TransportState,
+    decode_text,
+    text_prefix,
 )
 
 if TYPE_CHECKING:
@@ -75,6 +77,8 @@ class StreamTransport(TransportState):
         self._scan_from = 0
         # Bytes of an oversized line skipped so far, or -1 when not skipping.
         self._skipped = -1
+        #: The start of the oversized line being skipped (``MessageTooLarge.prefix``).
+        self._prefix = ""
         self._streams_closed = False
         self._receiving = False
 
@@ -139,10 +143,13 @@ class StreamTransport(TransportState):
     # -- receiving ------------------------------------------------------------------------
 
     async def receive_message(self) -> str:
-        """Return the next non-blank line, decoded as UTF-8 (invalid bytes replaced).
+        """Return the next non-blank line, decoded as UTF-8.
 
         Raises:
-            MessageTooLarge: a line over ``max_message_size`` was skipped.
+            MessageTooLarge: a line over ``max_message_size`` was skipped (its first
+                characters kept as ``prefix``).
+            MessageRefused: a line was not valid UTF-8 and was skipped (the transport
+                stays usable: every line is a message of its own).
             TransportClosed: ``aclose`` was called.
             TransportBroken: end of input, or the stream failed.
             RuntimeError: another task is already in ``receive_message``.
@@ -182,6 +189,7 @@ class StreamTransport(TransportState):
                 # One byte of slack for a "\r" that may precede the newline.
                 if len(buffer) > limit + 1:
                     self._skipped = len(buffer)
+                    self._prefix = text_prefix([], buffer)
                     buffer.clear()
                     self._scan_from = 0
                 else:
@@ -193,9 +201,10 @@ class StreamTransport(TransportState):
             if line.endswith(b"\r"):
                 del line[-1:]
             if len(line) > limit:
+                self._prefix = text_prefix([], line)
                 self._too_large(len(line))
             if line and not line.isspace():
-                return line.decode("utf-8", "replace")
+                return decode_text(line)
 
     def _too_large(self, size: int) -> NoReturn:
         log.info(
@@ -204,7 +213,8 @@ class StreamTransport(TransportState):
             size,
             self._max_message_size,
         )
-        raise MessageTooLarge(size, self._max_message_size)
+        prefix, self._prefix = self._prefix, ""
+        raise MessageTooLarge(size, self._max_message_size, prefix=prefix)
 
     async def _read_more(self) -> None:
         try:

@@ -83,11 +83,14 @@ from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from arcp_trio.transport.base import (
     DEFAULT_MAX_MESSAGE_SIZE,
+    MessageRefused,
     MessageTooLarge,
     Transport,
     TransportBroken,
     TransportError,
     TransportState,
+    decode_text,
+    text_prefix,
     utf8_size,
 )
 from arcp_trio.transport.reactor import ReadReactor, Registration, reactor_available
@@ -117,6 +120,7 @@ _NORMAL_CLOSURE = 1000
 _CAN_SEND = frozenset({ConnectionState.OPEN})
 _CAN_CLOSE = frozenset({ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING})
 _INTERNAL_ERROR = 1011
+_INVALID_PAYLOAD = 1007
 #: ``send`` flag: a write to a reset peer fails with EPIPE instead of raising SIGPIPE
 #: (Linux, BSDs). 0 where the platform has none.
 _MSG_NOSIGNAL: int = getattr(socket, "MSG_NOSIGNAL", 0)
@@ -215,6 +219,11 @@ class WebSocketTransport(TransportState):
         self._byte_parts: list[bytes | bytearray] = []
         self._buffered = 0
         self._discarding = False
+        #: The start of the oversized message being discarded (``MessageTooLarge``).
+        self._prefix = ""
+        #: The close a protocol error calls for, once its message has been reported
+        #: (``MessageRefused``): ``aclose`` sends this code instead of 1000.
+        self._closing_code: tuple[int, str] | None = None
         # Lifecycle.
         self._stream_closed = False
         self._eof = False
@@ -399,11 +408,12 @@ class WebSocketTransport(TransportState):
     async def receive_message(self) -> str:
         """Return the next complete message (text, or binary decoded as UTF-8).
 
-        Binary messages that are not valid UTF-8 are decoded with replacement
-        characters, so the caller answers them as bad JSON.
-
         Raises:
-            MessageTooLarge: a message over ``max_message_size`` was discarded.
+            MessageTooLarge: a message over ``max_message_size`` was discarded (its
+                ``prefix`` kept).
+            MessageRefused: a message was not valid UTF-8 and was dropped: a binary
+                one leaves the transport usable; a text one is ``fatal`` (RFC 6455
+                §8.1): the next call, or ``aclose``, closes with code 1007.
             TransportClosed: ``aclose`` was called.
             TransportBroken: the peer closed the WebSocket, sent bytes that are not
                 WebSocket, or the network failed.
@@ -648,10 +658,12 @@ class WebSocketTransport(TransportState):
             and not self._byte_parts
         ):
             # Fast path: the whole message arrived in one piece.
-            return data if isinstance(data, str) else data.decode("utf-8", "replace")
+            return data if isinstance(data, str) else decode_text(data)
         else:
             self._buffered += size
             if self._buffered > limit:
+                # Its first characters stay: the owner answers it by its id.
+                self._prefix = text_prefix([*self._text_parts, *self._byte_parts], data)
                 self._discarding = True
                 self._text_parts.clear()
                 self._byte_parts.clear()
@@ -670,14 +682,15 @@ class WebSocketTransport(TransportState):
                 seen,
                 limit,
             )
-            raise MessageTooLarge(seen, limit)
+            prefix, self._prefix = self._prefix, ""
+            raise MessageTooLarge(seen, limit, prefix=prefix)
         if isinstance(event, TextMessage):
             text = "".join(self._text_parts)
             self._text_parts.clear()
             return text
-        text = b"".join(self._byte_parts).decode("utf-8", "replace")
+        joined = b"".join(self._byte_parts)
         self._byte_parts.clear()
-        return text
+        return decode_text(joined)
 
     async def _on_close(self, event: CloseConnection) -> NoReturn:
         reply: CloseConnection | None = None
@@ -691,6 +704,17 @@ class WebSocketTransport(TransportState):
             # We had sent a close frame already; this one completes the handshake.
             reason = f"the WebSocket was closed (code {event.code})"
         else:
+            if event.code == _INVALID_PAYLOAD and self._closing_code is None:
+                # A text message that is not UTF-8 (RFC 6455 §8.1: fail the connection,
+                # 1007). It is still an ARCP frame: its owner answers it first, by the
+                # id in what was readable; the next receive (or aclose) closes.
+                self._closing_code = (event.code, event.reason or "")
+                prefix = text_prefix(self._text_parts)
+                self._text_parts.clear()
+                self._buffered = 0
+                self._discarding = False
+                self._events.append(event)
+                raise MessageRefused("text message is not valid UTF-8", prefix=prefix, fatal=True)
             # wsproto could not parse what the peer sent; it suggests a close code.
             reason = f"WebSocket protocol error from the peer: {event.reason} (code {event.code})"
             reply = CloseConnection(code=event.code, reason=event.reason)
@@ -740,6 +764,8 @@ class WebSocketTransport(TransportState):
             await trio.lowlevel.checkpoint()
             return
         self._closed = True
+        if self._closing_code is not None:
+            code, reason = self._closing_code  # the protocol error's own code (1007)
         try:
             with trio.move_on_after(self._close_timeout, shield=True):
                 await self._closing_handshake(code, reason)

@@ -52,6 +52,7 @@ from __future__ import annotations
 import os
 import struct
 from codecs import getincrementaldecoder
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from wsproto.connection import ConnectionState
@@ -72,7 +73,7 @@ if TYPE_CHECKING:
 
     from wsproto.events import Event
 
-__all__ = ["FrameConnection", "server_text_frame", "server_text_frames"]
+__all__ = ["FrameConnection", "PartialText", "server_text_frame", "server_text_frames"]
 
 _OPEN: Final = ConnectionState.OPEN
 _LOCAL_CLOSING: Final = ConnectionState.LOCAL_CLOSING
@@ -92,6 +93,14 @@ _INVALID_PAYLOAD: Final = CloseReason.INVALID_FRAME_PAYLOAD_DATA
 _utf8_decoder: Final = getincrementaldecoder("utf-8")
 _pack_code: Final = struct.Struct("!H").pack
 _urandom: Final = os.urandom
+
+
+@dataclass(frozen=True)
+class PartialText(TextMessage):
+    """The readable start of a text message that breaks UTF-8 (RFC 6455 §8.1), just
+    before its ``CloseConnection(1007)``: wsproto drops it; the transport reads the
+    message's ARCP id from it, so the refusal can be correlated. Its ``data`` is what
+    decoded before the first bad byte (of this delivery)."""
 
 
 class _ParseError(Exception):
@@ -528,6 +537,9 @@ class FrameConnection:
             self._stop()
             return out
         except UnicodeDecodeError as exc:
+            readable = bytes(exc.object[: exc.start]).decode("utf-8", "ignore")
+            if readable:
+                out.append(PartialText(readable, frame_finished=False, message_finished=False))
             out.append(CloseConnection(code=_INVALID_PAYLOAD, reason=str(exc)))
             self._stop()
             return out

@@ -16,7 +16,7 @@ import pytest
 import trio
 import trio.testing
 
-from arcp_trio.transport.base import MessageTooLarge, TransportBroken
+from arcp_trio.transport.base import MessageRefused, MessageTooLarge, TransportBroken
 from arcp_trio.transport.stdio import StreamTransport
 from tests.transport.streams import InstrumentedStream, assert_aclose_bounded_by_a_stuck_write
 
@@ -72,10 +72,17 @@ async def test_blank_lines_and_crlf() -> None:
         await raw.aclose()
 
 
-async def test_invalid_utf8_is_replaced() -> None:
+async def test_invalid_utf8_is_refused_with_its_readable_start() -> None:
+    """Fail closed: U+FFFD is valid JSON, so a replaced byte would be taken as text
+    the peer never sent. The line is refused (its start kept for the answer's id) and
+    the next one is read as usual."""
     transport, raw, _ = transport_and_raw()
-    await raw.send_all(b'{"a":"\xff"}\n')
-    assert await transport.receive_message() == '{"a":"\ufffd"}'
+    await raw.send_all(b'{"id":"x","a":"\xff"}\n{"next":1}\n')
+    with pytest.raises(MessageRefused) as caught:
+        await transport.receive_message()
+    assert caught.value.prefix == '{"id":"x","a":"'
+    assert not caught.value.fatal
+    assert await transport.receive_message() == '{"next":1}'
     await transport.aclose()
     await raw.aclose()
 

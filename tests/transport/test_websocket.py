@@ -38,6 +38,7 @@ from wsproto.events import (
 from wsproto.extensions import PerMessageDeflate
 
 from arcp_trio.transport.base import (
+    MessageRefused,
     MessageTooLarge,
     SendsNowait,
     Transport,
@@ -196,9 +197,13 @@ async def test_binary_frames_are_decoded_as_utf8() -> None:
         peer, server, _ = await raw_peer_and_server()
         await peer.send(BytesMessage(data='{"a":"é"}'.encode()))
         assert await server.receive_message() == '{"a":"é"}'
-        # Invalid UTF-8 is replaced, not fatal: the runtime answers it as bad JSON.
-        await peer.send(BytesMessage(data=b"\xff\xfe{"))
-        assert await server.receive_message() == "\ufffd\ufffd{"
+        # Invalid UTF-8 in a binary message is refused, not fatal (no RFC 6455 rule
+        # covers binary data): the runtime answers it, by the id in its readable start.
+        await peer.send(BytesMessage(data=b'{"id":"x",\xff\xfe{'))
+        with pytest.raises(MessageRefused) as caught:
+            await server.receive_message()
+        assert caught.value.prefix == '{"id":"x",'
+        assert not caught.value.fatal
         await peer.send(TextMessage(data="next"))
         assert await server.receive_message() == "next"
         await peer.aclose()
@@ -292,23 +297,44 @@ async def test_peer_close_code_and_reason_are_reported() -> None:
         await peer.aclose()
 
 
-@pytest.mark.parametrize(
-    ("garbage", "code"),
-    [
-        (b"\x8f\x80\x00\x00\x00\x00", 1002),  # reserved opcode 0xF
-        # A masked text frame whose payload is not UTF-8 (RFC 6455 §8.1: fail, 1007).
-        (b"\x81\x82\x00\x00\x00\x00\xc3\x28", 1007),
-    ],
-)
-async def test_protocol_violation_breaks_the_transport(garbage: bytes, code: int) -> None:
+async def test_protocol_violation_breaks_the_transport() -> None:
     with trio.fail_after(GUARD):
         peer, server, _ = await raw_peer_and_server()
-        await peer.send_bytes(garbage)
+        await peer.send_bytes(b"\x8f\x80\x00\x00\x00\x00")  # reserved opcode 0xF
         with pytest.raises(TransportBroken, match="protocol error"):
             await server.receive_message()
         close = await peer.receive_event()
         assert isinstance(close, CloseConnection)
-        assert close.code == code
+        assert close.code == 1002
+        await server.aclose()
+        await peer.aclose()
+
+
+@pytest.mark.parametrize("close_by", ["aclose", "receive"])
+async def test_text_that_is_not_utf8_is_reported_first_then_fails_1007(close_by: str) -> None:
+    """RFC 6455 §8.1: fail the connection, code 1007. The owner hears of the message
+    first (``MessageRefused``, fatal, with what was readable) so it can answer it;
+    then ``aclose`` or the next receive sends the 1007 close."""
+    with trio.fail_after(GUARD):
+        peer, server, _ = await raw_peer_and_server()
+        # A masked text frame (key 0000) whose payload breaks UTF-8 after '{"i'.
+        await peer.send_bytes(b"\x81\x85\x00\x00\x00\x00" + b'{"i\xc3\x28')
+        with pytest.raises(MessageRefused) as caught:
+            await server.receive_message()
+        assert caught.value.fatal
+        assert caught.value.prefix == '{"i'
+        await server.send_message("the answer")  # still writable until it closes
+        if close_by == "receive":
+            with pytest.raises(TransportBroken, match="protocol error"):
+                await server.receive_message()
+        else:
+            await server.aclose()
+        answer = await peer.receive_event()
+        assert isinstance(answer, TextMessage)
+        assert answer.data == "the answer"
+        close = await peer.receive_event()
+        assert isinstance(close, CloseConnection)
+        assert close.code == 1007
         await server.aclose()
         await peer.aclose()
 

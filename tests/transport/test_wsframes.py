@@ -32,7 +32,12 @@ from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError
 
 from arcp_trio.transport import wsframes
-from arcp_trio.transport.wsframes import FrameConnection, server_text_frame, server_text_frames
+from arcp_trio.transport.wsframes import (
+    FrameConnection,
+    PartialText,
+    server_text_frame,
+    server_text_frames,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -286,6 +291,19 @@ def drive(
     return run
 
 
+def without_partial_text(run: Run) -> Run:
+    """Our one addition to wsproto's events: the readable start of a text message
+    that breaks UTF-8 (``PartialText``), always right before its 1007 close."""
+    for events in run.events:
+        for index, event in enumerate(events):
+            if isinstance(event, PartialText):
+                after = events[index + 1]
+                assert isinstance(after, CloseConnection)
+                assert after.code == 1007
+        events[:] = [e for e in events if not isinstance(e, PartialText)]
+    return run
+
+
 def normalize(events: Sequence[Event]) -> list[tuple[object, ...]]:
     """Events with the chunking of data messages and error wording taken out."""
     out: list[tuple[object, ...]] = []
@@ -345,7 +363,7 @@ def scenarios(draw: st.DrawFn) -> tuple[bool, list[bytes | None], int | None]:
 @given(scenarios())
 def test_receiving_matches_wsproto(scenario: tuple[bool, list[bytes | None], int | None]) -> None:
     client, chunks, close_at = scenario
-    ours = drive(FrameConnection(client), chunks, close_at)
+    ours = without_partial_text(drive(FrameConnection(client), chunks, close_at))
     ref = drive(wsproto_conn(client), chunks, close_at)
     assert ours.states == ref.states
     assert ours.refused == ref.refused
@@ -369,7 +387,7 @@ def test_receiving_matches_wsproto_event_for_event(
     ``test_receiving_matches_wsproto`` states the actual contract.
     """
     client, chunks, close_at = scenario
-    ours = drive(FrameConnection(client), chunks, close_at)
+    ours = without_partial_text(drive(FrameConnection(client), chunks, close_at))
     ref = drive(wsproto_conn(client), chunks, close_at)
     assert ours.events == ref.events
     assert ours.states == ref.states
