@@ -6,7 +6,8 @@ This module imports ``hypothesis`` (the rest of ``arcp_trio.testing`` does not).
   codec accepts, as JSON-ready dicts / decoded ``Envelope`` objects.
 * ``hostile_frames()``: texts a runtime must answer with ``INVALID_REQUEST`` and
   survive: not JSON, not an object, wrong types, huge, deeply nested, unknown types,
-  bad ids, trace ids and timestamps, runtime-only types, a wrong protocol version.
+  bad ids, trace ids and timestamps, runtime-only types, a wrong protocol version,
+  and any one field of a client message broken (``schema``, from ``testing.schema``).
 * ``websocket_violations()``: raw WebSocket frames that break RFC 6455, which a
   server must answer with a close (1002/1007/1009) or by dropping the connection.
 * ``close_resume_sequences()``: programs for ``run_program`` (see ``program``).
@@ -593,6 +594,16 @@ def _huge(draw: st.DrawFn, limit: int) -> HostileFrame:
     return HostileFrame(kind="huge", text=head + filler + tail, request_id=frame_id)
 
 
+def _schema() -> st.SearchStrategy[HostileFrame]:
+    """One field of a client message broken (``testing.schema``), after the handshake."""
+    from .schema import CLIENT_SCHEMA, FIRST_FRAME_TYPES, schema_violations
+
+    in_session = tuple(t for t in CLIENT_SCHEMA if t not in FIRST_FRAME_TYPES)
+    return schema_violations(in_session).map(
+        lambda v: HostileFrame(kind="schema", text=json.dumps(v.frame), request_id=v.frame_id)
+    )
+
+
 #: Every kind of hostile frame ``hostile_frames`` makes.
 HOSTILE_KINDS: tuple[str, ...] = (
     "not_json",
@@ -606,6 +617,7 @@ HOSTILE_KINDS: tuple[str, ...] = (
     "wrong_version",
     "deeply_nested",
     "huge",
+    "schema",
 )
 
 
@@ -637,6 +649,7 @@ def hostile_frames(
         "wrong_version": [_wrong_version()],
         "deeply_nested": [_deeply_nested()],
         "huge": [_huge(max_message_size)] if huge else [],
+        "schema": [_schema()],
     }
     wanted = HOSTILE_KINDS if kinds is None else tuple(kinds)
     unknown = set(wanted) - set(by_kind)
