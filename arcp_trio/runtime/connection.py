@@ -398,56 +398,64 @@ class Connection:
     async def _receive_loop(self) -> None:
         """Receive and dispatch; returns when idle (``ReportsReceivable`` only)."""
         monitor = self.monitor
-        transport = self.transport
-        receivable = transport if isinstance(transport, ReportsReceivable) else None
-        while True:
-            if receivable is not None and not receivable.receive_ready():
-                if not self._writer_active and not self.outbox.frames:
-                    self._nursery = None  # nothing may start in a closing nursery
-                    return
-                await self._park()  # until input, the writer's end, or an abort
-                continue
-            try:
-                text = await self.transport.receive_message()
-            except (MessageTooLarge, MessageRefused) as exc:
-                # Refused before it could be parsed: still answered, by the id in its
-                # first bytes (WIRE.md "Errors are correlated").
-                if monitor is not None:
-                    monitor.received(trio.current_time())
-                self.send_error(refusal(exc), request_id=recover_id(exc.prefix))
-                if isinstance(exc, MessageRefused) and exc.fatal:
-                    # The transport must end (a WebSocket text message that is not
-                    # UTF-8): the answer goes out first, then the close.
-                    self.close_after_flush(f"refused: {exc.reason}")
-                    while not self.closed:
-                        await self._park()  # the writer's end (or an abort) wakes it
-                    return
-                continue
+        receivable = self.transport if isinstance(self.transport, ReportsReceivable) else None
+        checkpoint = trio.lowlevel.checkpoint
+        while await self._receive_one(monitor, receivable):
+            # One frame, then a scheduling point, whatever the frame was: a transport
+            # with many frames queued (a burst in one read) hands them over without
+            # waiting, and one connection must not keep every other one waiting.
+            await checkpoint()
+
+    async def _receive_one(
+        self, monitor: HeartbeatMonitor | None, receivable: ReportsReceivable | None
+    ) -> bool:
+        """Receive one frame and handle it; False: the loop is over (idle, or the
+        transport must end)."""
+        while receivable is not None and not receivable.receive_ready():
+            if not self._writer_active and not self.outbox.frames:
+                self._nursery = None  # nothing may start in a closing nursery
+                return False
+            await self._park()  # until input, the writer's end, or an abort
+        try:
+            text = await self.transport.receive_message()
+        except (MessageTooLarge, MessageRefused) as exc:
+            # Refused before it could be parsed: still answered, by the id in its
+            # first bytes (WIRE.md "Errors are correlated").
             if monitor is not None:
                 monitor.received(trio.current_time())
-            try:
-                envelope = decode(text)
-            except RemoteProtocolError as exc:
-                log.info(
-                    "malformed frame session_id=%s error=%s", self.session.session_id, exc.message
-                )
-                self.send_error(exc, request_id=exc.request_id)
-                continue
-            try:
-                await self._dispatch(self, envelope)
-            except ARCPError as exc:
-                self.send_error(exc, request_id=envelope.id)
-            except Exception:
-                log.error(
-                    "request failed session_id=%s type=%s",
-                    self.session.session_id,
-                    envelope.type,
-                    exc_info=True,
-                )
-                self.send_error(
-                    ARCPError("internal error handling request", code=ErrorCode.INTERNAL_ERROR),
-                    request_id=envelope.id,
-                )
+            self.send_error(refusal(exc), request_id=recover_id(exc.prefix))
+            if isinstance(exc, MessageRefused) and exc.fatal:
+                # The transport must end (a WebSocket text message that is not
+                # UTF-8): the answer goes out first, then the close.
+                self.close_after_flush(f"refused: {exc.reason}")
+                while not self.closed:
+                    await self._park()  # the writer's end (or an abort) wakes it
+                return False
+            return True
+        if monitor is not None:
+            monitor.received(trio.current_time())
+        try:
+            envelope = decode(text)
+        except RemoteProtocolError as exc:
+            log.info("malformed frame session_id=%s error=%s", self.session.session_id, exc.message)
+            self.send_error(exc, request_id=exc.request_id)
+            return True
+        try:
+            await self._dispatch(self, envelope)
+        except ARCPError as exc:
+            self.send_error(exc, request_id=envelope.id)
+        except Exception:
+            log.error(
+                "request failed session_id=%s type=%s",
+                self.session.session_id,
+                envelope.type,
+                exc_info=True,
+            )
+            self.send_error(
+                ARCPError("internal error handling request", code=ErrorCode.INTERNAL_ERROR),
+                request_id=envelope.id,
+            )
+        return True
 
     def _inline(self, text: str) -> bool:
         """A frame as it arrives (``ReceivesInline``, in the reader's task).

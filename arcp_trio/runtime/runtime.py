@@ -624,8 +624,6 @@ class Runtime:
         pending = handler(connection, envelope)
         if pending is not None:
             await pending
-        else:
-            await trio.lowlevel.checkpoint()
 
     def _require(self, session: Session, feature: str) -> None:
         # §6.2: "Either peer MUST NOT use a feature outside that intersection."

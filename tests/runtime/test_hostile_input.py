@@ -7,17 +7,21 @@ silence, a fail-open or an INTERNAL_ERROR before (issue "Hostile input").
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
+import trio.testing
 
 from arcp_trio.demo_agents import demo_registry
 from arcp_trio.runtime.config import LeaseExpiry, RuntimeConfig
 from arcp_trio.runtime.credentials import InProcessProvisioner
 from arcp_trio.runtime.runtime import open_runtime
 from arcp_trio.store.sqlite import SQLiteStore
+from arcp_trio.transport.base import TransportBroken
+from arcp_trio.wire.ids import new_ulid
 from arcp_trio.wire.timestamps import format_timestamp, system_wall_clock
 from tests.helpers import REFERENCE_FEATURES, TOKENS, Frame, Peer, connect, trio_wall_clock
 
@@ -314,3 +318,93 @@ async def test_heartbeat_loss_and_a_dropped_connection_log_one_info_line(
     assert lost[0].levelname == "INFO"
     loud = [r for r in caplog.records if r.levelno >= 30 or r.exc_info]
     assert loud == [], [r.getMessage() for r in loud]
+
+
+class BurstTransport:
+    """A transport that hands over every queued frame without waiting, as a
+    WebSocket does with a burst that arrived in one read; what the runtime sends is
+    written to a log shared with other transports, in order."""
+
+    def __init__(self, name: str, log: list[tuple[str, str]]) -> None:
+        self.name = name
+        self.log = log
+        self.inbox: list[str] = []
+        self.more = trio.Event()
+        self.closed = False
+
+    def send_nowait(self, message: str) -> bool:
+        # ``SendsNowait``: a reply is logged the moment the runtime makes it.
+        self.log.append((self.name, json.loads(message)["type"]))
+        return True
+
+    @property
+    def write_pending(self) -> bool:
+        return False
+
+    async def send_message(self, message: str) -> None:
+        await self.send_messages([message])
+
+    async def send_messages(self, messages: Any) -> None:
+        for message in messages:
+            self.log.append((self.name, json.loads(message)["type"]))
+        await trio.lowlevel.checkpoint()
+
+    async def receive_message(self) -> str:
+        while not self.inbox:
+            if self.closed:
+                raise TransportBroken(f"{self.name}: closed")
+            self.more = trio.Event()
+            await self.more.wait()
+        return self.inbox.pop(0)
+
+    def feed(self, *texts: str) -> None:
+        self.inbox.extend(texts)
+        self.more.set()
+
+    async def aclose(self) -> None:
+        self.closed = True
+        self.more.set()
+        await trio.lowlevel.checkpoint()
+
+    @property
+    def description(self) -> str:
+        return self.name
+
+
+def _hello_text() -> str:
+    return json.dumps(
+        {
+            "id": new_ulid(),
+            "type": "session.hello",
+            "payload": {"client": {"name": "b", "version": "0"}, "auth": {"token": "tok-alice"}},
+        }
+    )
+
+
+async def test_a_burst_on_one_connection_does_not_hold_up_another(
+    runtime: Runtime, nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    """The read path yields after every frame: 500 bad frames queued on one
+    connection (one read's worth) do not keep another connection's ping waiting."""
+    log: list[tuple[str, str]] = []
+    noisy, quiet = BurstTransport("noisy", log), BurstTransport("quiet", log)
+    for transport in (noisy, quiet):
+        nursery.start_soon(runtime.handle_transport, transport)
+        transport.feed(_hello_text())
+    await trio.testing.wait_all_tasks_blocked()
+    assert sorted(log) == [("noisy", "session.welcome"), ("quiet", "session.welcome")]
+    log.clear()
+    bad = json.dumps({"id": new_ulid(), "type": "session.ack", "payload": {}})
+    ping = json.dumps(
+        {
+            "id": new_ulid(),
+            "type": "session.ping",
+            "payload": {"nonce": "n", "sent_at": "2026-01-01T00:00:00Z"},
+        }
+    )
+    noisy.feed(*[bad] * 500)
+    quiet.feed(ping)
+    await trio.testing.wait_all_tasks_blocked()
+    assert len(log) == 501
+    position = log.index(("quiet", "session.pong"))
+    assert position < 5, f"the ping waited behind {position} frames of the burst"
