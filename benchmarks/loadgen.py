@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 import json
 import math
 import os
@@ -170,6 +171,10 @@ class Session:
         self._waiters: list[tuple[Any, asyncio.Future[dict[str, Any]]]] = []
         self._event_target = 0
         self._event_fut: asyncio.Future[None] | None = None
+        #: Arrival times of every job.event frame, when a workload asks for them.
+        self.event_times: list[float] | None = None
+        self._error_target = 0
+        self._error_fut: asyncio.Future[None] | None = None
         conn.on_message = self._on_message
         conn.closed.add_done_callback(self._on_closed)
 
@@ -183,6 +188,8 @@ class Session:
         self.last_t = now
         kind = frame_type(msg)
         if kind == b"job.event":
+            if self.event_times is not None:
+                self.event_times.append(now)
             if _LOG_KIND not in msg:
                 # Not one of the agent's log events: e.g. a runtime's own status notice.
                 self.other_events += 1
@@ -215,6 +222,9 @@ class Session:
             return
         if kind == b"session.error":
             self.errors.append(env)
+            fut = self._error_fut
+            if fut is not None and len(self.errors) >= self._error_target and not fut.done():
+                fut.set_result(None)
         env["_t"] = now
         for i, (pred, waiter) in enumerate(self._waiters):
             if not waiter.done() and pred(env):
@@ -227,7 +237,7 @@ class Session:
             if not waiter.done():
                 waiter.set_exception(ConnectionError("connection closed"))
         self._waiters.clear()
-        for fut in (self._terminal_fut, self._event_fut):
+        for fut in (self._terminal_fut, self._event_fut, self._error_fut):
             if fut is not None and not fut.done():
                 fut.set_exception(ConnectionError("connection closed"))
 
@@ -247,6 +257,13 @@ class Session:
         self._terminal_target = count
         self._terminal_fut = asyncio.get_running_loop().create_future()
         await asyncio.wait_for(self._terminal_fut, timeout)
+
+    async def wait_errors(self, count: int, timeout: float) -> None:
+        if len(self.errors) >= count:
+            return
+        self._error_target = count
+        self._error_fut = asyncio.get_running_loop().create_future()
+        await asyncio.wait_for(self._error_fut, timeout)
 
     async def wait_events(self, count: int, timeout: float) -> None:
         if self.events >= count:
@@ -592,7 +609,143 @@ async def wl_subscribers(
     }
 
 
+def _costly_lease(seed: int = 0) -> dict[str, list[str]]:
+    """The costliest lease_request the runtime's limits allow (docs/limits.md): 4,096
+    characters and 256 wildcards, as classes mixed with stars (the shape that needs a
+    regex), whose very last pattern is malformed, so every pattern is compiled before
+    the submit is refused and no job starts. Each ``seed`` gives other patterns (a
+    regex compiled once is cached: an attacker would not repeat itself)."""
+    rng = random.Random(seed)
+    patterns = []
+    for _ in range(8):
+        classes = "".join(
+            f"[{chr(97 + rng.randrange(25))}{chr(97 + rng.randrange(25))}]*" for _ in range(16)
+        )
+        # 16 classes + 16 stars = 32 wildcards (the most a pattern may have), then
+        # literal text to 500 characters; 8 patterns: 4,000 characters, 256 wildcards.
+        patterns.append(classes + "x" * (500 - len(classes)))
+    # The last class of the last pattern is never closed: refused once the rest of
+    # the lease, and that whole pattern, have been read.
+    last = patterns[-1]
+    patterns[-1] = last[:75] + "[xy" + last[79:]
+    return {"tool.call": patterns}
+
+
+def _stall_frames(max_message_size: int) -> dict[str, list[str] | bytes]:
+    """One attack per kind: the costliest frame of each kind the limits allow."""
+    big_input = ["x" * 100] * ((max_message_size - 4096) // 106)
+    deep = "[" * 100_000 + "]" * 100_000
+    head = '{"arcp":"1.1","id":"' + ulid() + '","type":"job.submit","payload":{"agent":"a",'
+    return {
+        "lease": [envelope("job.submit", {"agent": "echo", "lease_request": _costly_lease()})[1]],
+        "big_input": [envelope("job.submit", {"agent": "no-such-agent", "input": big_input})[1]],
+        "oversized": [head + '"input":"' + "x" * max_message_size + '"}}'],
+        "deep": [head + '"input":' + deep + "}}"],
+        "burst": [envelope("session.ack", {"last_processed_seq": -1})[1] for _ in range(200)],
+        "not_utf8": (head + '"input":"' + "x" * 60_000).encode() + b"\xff\"}}",
+        "bad_cursor": [envelope("session.list_jobs", {"cursor": "9" * 5000})[1]],
+    }
+
+
+async def wl_stall(
+    url: str,
+    token: str,
+    proc: Proc,
+    attackers: int = 4,
+    duration: float = 10.0,
+    max_message_size: int = 1 << 20,
+) -> dict[str, Any]:
+    """An honest ticker (an event every 100 ms) on one session while ``attackers``
+    other connections send, back to back, the costliest frame of each kind the
+    limits allow (each waits for its answer, so the runtime is kept saturated, not
+    buffered). Reports the honest session's largest gap between two events."""
+    await warm_up(url, token)
+    honest = await Session.open(url, token)
+    await honest.hello()
+    honest.event_times = []
+    ticks = int(duration * 10) + 20
+    _, acc = honest.submit("ticker", {"count": ticks, "interval": 0.1})
+    await asyncio.wait_for(acc, 10)
+    await asyncio.sleep(1.0)  # a steady ticker before the attack
+    frames = _stall_frames(max_message_size)
+    answered: dict[str, int] = dict.fromkeys(frames, 0)
+    latency: dict[str, list[float]] = {kind: [] for kind in frames}
+    unanswered = 0
+    reconnects = 0
+    stop_at = time.perf_counter() + duration
+
+    async def attacker(index: int) -> None:
+        nonlocal reconnects, unanswered
+        kinds = list(frames)
+        turn = index
+        session: Session | None = None
+        while time.perf_counter() < stop_at:
+            kind = kinds[turn % len(kinds)]
+            turn += 1
+            try:
+                if session is None or session.conn.closed.done():
+                    if session is not None:
+                        reconnects += 1
+                    session = await Session.open(url, token)
+                    await session.hello()
+                attack = frames[kind]
+                if kind == "lease":
+                    turn_lease = envelope(
+                        "job.submit", {"agent": "echo", "lease_request": _costly_lease(index << 20 | turn)}
+                    )[1]
+                    attack = [turn_lease]
+                before = len(session.errors)
+                sent = time.perf_counter()
+                if isinstance(attack, bytes):
+                    session.conn.send_binary(attack)
+                    expected = 1
+                else:
+                    session.conn.send_many(attack)
+                    expected = len(attack)
+                await session.wait_errors(before + expected, 2)
+                latency[kind].append((time.perf_counter() - sent) * 1000)
+                answered[kind] += expected
+            except (ConnectionError, TimeoutError, OSError, RuntimeError):
+                # Silence (2 s) or a closed connection: a new connection goes on.
+                unanswered += 1
+                if session is not None:
+                    session.close()
+                session = None
+        if session is not None:
+            session.close()
+
+    t_attack = time.perf_counter()
+    cpu0 = proc.cpu()
+    await asyncio.gather(*(attacker(i) for i in range(attackers)))
+    t_end = time.perf_counter()
+    cpu1 = proc.cpu()
+    await asyncio.sleep(0.5)
+    times = [t for t in honest.event_times if t_attack <= t <= t_end + 0.3]
+    gaps = [(b - a) * 1000 for a, b in zip(times, times[1:], strict=False)]
+    honest_alive = not honest.conn.closed.done()
+    honest.close()
+    return {
+        "metrics": {
+            "max_gap_ms": max(gaps) if gaps else float("nan"),
+            "gap_p99_ms": percentile(gaps, 99) if gaps else float("nan"),
+            "attack_frames_per_s": sum(answered.values()) / (t_end - t_attack),
+            "runtime_cpu_pct": (cpu1 - cpu0) / (t_end - t_attack) * 100,
+        },
+        "answered": answered,
+        "answer_ms_p50": {k: round(percentile(v, 50), 2) for k, v in latency.items() if v},
+        "unanswered": unanswered,
+        "reconnects": reconnects,
+        "honest_events_in_attack": len(times),
+        "checks": {
+            "ok": honest_alive and len(times) >= int((t_end - t_attack) * 10 * 0.8),
+            "honest_connected": honest_alive,
+            "events_in_attack": len(times),
+        },
+    }
+
+
 WORKLOADS: dict[str, Callable[..., Awaitable[dict[str, Any]]]] = {
+    "stall": wl_stall,
     "throughput": wl_throughput,
     "fanout": wl_fanout,
     "idle": wl_idle,

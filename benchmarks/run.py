@@ -80,6 +80,14 @@ WORKLOADS = [
     ),
     Workload("backlog", {"n": 20000}, {"n": 2000}),
     Workload("echo", {"n": 500}, {"n": 100}),
+    # Hostile input: a 1 s heartbeat, as in the measurement (an honest client
+    # must not be declared dead while others attack).
+    Workload(
+        "stall",
+        {"attackers": 4, "duration": 10},
+        {"attackers": 2, "duration": 4},
+        runtime_args=["--heartbeat-sec", "1"],
+    ),
 ]
 
 # Scaling points (1x / 10x / 100x), one repetition each, full run only.
@@ -116,6 +124,10 @@ ROWS: list[tuple[str, str, str, str, float, str | None, float]] = [
     ("echo", "rtt_p99_ms", "round trip p99", "ms", 1, None, 0),
     ("echo", "cpu_us_per_job", "CPU per job", "µs", 1, None, 0),
     ("echo", "peak_rss_mib", "peak RSS", "MiB", 1, None, 0),
+    ("stall", "max_gap_ms", "honest ticker's largest gap", "ms", 1, "abs<=", 250.0),
+    ("stall", "gap_p99_ms", "honest ticker's gap p99", "ms", 1, None, 0),
+    ("stall", "attack_frames_per_s", "hostile frames answered/s", "", 1, None, 0),
+    ("stall", "runtime_cpu_pct", "runtime CPU", "% core", 1, None, 0),
 ]
 
 

@@ -175,6 +175,18 @@ class WSConnection(asyncio.Protocol):
         data = text.encode() if isinstance(text, str) else text
         self.transport.write(_frame(_OP_TEXT, data))
 
+    def send_binary(self, data: bytes) -> None:
+        """Queue one binary frame."""
+        if self.transport is None or self.transport.is_closing():
+            raise WSClosed("send on a closed connection")
+        self.transport.write(_frame(_OP_BIN, data))
+
+    def send_many(self, texts: list[str]) -> None:
+        """Queue text frames in one write (a burst the server reads at once)."""
+        if self.transport is None or self.transport.is_closing():
+            raise WSClosed("send on a closed connection")
+        self.transport.write(b"".join(_frame(_OP_TEXT, text.encode()) for text in texts))
+
     def _queue_message(self, data: bytes) -> None:
         self._queue.append(data)
         self._wake()

@@ -13,12 +13,14 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import pytest
 import trio
 
 from arcp_trio.cli import main
+from arcp_trio.wire.timestamps import format_timestamp
 from tests.cli.conftest import REPO, run_cli, start_serve, stop
 from tests.interop.tcp_proxy import open_tcp_proxy
 
@@ -444,3 +446,21 @@ def test_serve_hosts_your_own_agents(tmp_path: Path) -> None:
         assert demo.returncode == 4  # the demo agents are not hosted
     finally:
         stop(process)
+
+
+def test_the_slow_agent_with_a_short_lease_ends_lease_expired_at_expiry(
+    cli_env: dict[str, str],
+) -> None:
+    """§9.5, `serve`'s default `--lease-expiry terminate`: `slow`, asked to sleep a
+    minute under a lease that expires in about 2 s, ends with LEASE_EXPIRED within a
+    second of the expiry (the command exits right after the terminal)."""
+    expires = datetime.now(UTC) + timedelta(seconds=2.5)  # the CLI starts up first
+    done = run_cli(
+        ["submit", "slow", "--input", '{"seconds": 60}', "--expires-at",
+         format_timestamp(expires), "--follow"],
+        cli_env,
+    )  # fmt: skip
+    late = (datetime.now(UTC) - expires).total_seconds()
+    assert done.returncode == 1, done.stderr  # the job failed
+    assert "LEASE_EXPIRED" in done.stderr
+    assert 0 <= late < 1.0, late
