@@ -38,10 +38,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import random
+import itertools
 import json
 import math
 import os
+import random
 import resource
 import sys
 import time
@@ -642,7 +643,7 @@ def _stall_frames(max_message_size: int) -> dict[str, list[str] | bytes]:
         "oversized": [head + '"input":"' + "x" * max_message_size + '"}}'],
         "deep": [head + '"input":' + deep + "}}"],
         "burst": [envelope("session.ack", {"last_processed_seq": -1})[1] for _ in range(200)],
-        "not_utf8": (head + '"input":"' + "x" * 60_000).encode() + b"\xff\"}}",
+        "not_utf8": (head + '"input":"' + "x" * 60_000).encode() + b'\xff"}}',
         "bad_cursor": [envelope("session.list_jobs", {"cursor": "9" * 5000})[1]],
     }
 
@@ -690,10 +691,8 @@ async def wl_stall(
                     await session.hello()
                 attack = frames[kind]
                 if kind == "lease":
-                    turn_lease = envelope(
-                        "job.submit", {"agent": "echo", "lease_request": _costly_lease(index << 20 | turn)}
-                    )[1]
-                    attack = [turn_lease]
+                    lease = _costly_lease(index << 20 | turn)
+                    attack = [envelope("job.submit", {"agent": "echo", "lease_request": lease})[1]]
                 before = len(session.errors)
                 sent = time.perf_counter()
                 if isinstance(attack, bytes):
@@ -721,7 +720,7 @@ async def wl_stall(
     cpu1 = proc.cpu()
     await asyncio.sleep(0.5)
     times = [t for t in honest.event_times if t_attack <= t <= t_end + 0.3]
-    gaps = [(b - a) * 1000 for a, b in zip(times, times[1:], strict=False)]
+    gaps = [(b - a) * 1000 for a, b in itertools.pairwise(times)]
     honest_alive = not honest.conn.closed.done()
     honest.close()
     return {
