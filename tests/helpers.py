@@ -6,7 +6,9 @@ every frame the runtime sends decodes with our own codec.
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -156,3 +158,26 @@ async def connect(runtime: Runtime, nursery: trio.Nursery) -> tuple[Peer, Any]:
 
 def events_of(frames: Sequence[Frame], job_id: str) -> list[Frame]:
     return [f for f in frames if f.get("job_id") == job_id and "event_seq" in f]
+
+
+async def raw_websocket_upgrade(host: str, port: int) -> tuple[trio.SocketStream, bytes]:
+    """A TCP connection upgraded to WebSocket by hand (RFC 6455 §4.1), for tests that
+    must send bytes no client library would. Returns the stream and whatever arrived
+    after the 101 response."""
+    stream = await trio.open_tcp_stream(host, port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    await stream.send_all(
+        (
+            f"GET /arcp HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = await stream.receive_some(4096)
+        assert chunk, "the server closed during the opening handshake"
+        head += chunk
+    response, _, rest = head.partition(b"\r\n\r\n")
+    assert response.startswith(b"HTTP/1.1 101"), response
+    return stream, rest

@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HOSTILE_KINDS",
+    "RUNTIME_ONLY_TYPES",
     "HostileFrame",
     "WebSocketViolation",
     "agent_refs",
@@ -526,24 +527,24 @@ def _unknown_types(draw: st.DrawFn) -> HostileFrame:
     return _hostile("unknown_type", frame, frame_id)
 
 
+#: Types only a runtime sends: a client's copy is refused ("sent by runtimes").
+RUNTIME_ONLY_TYPES: tuple[str, ...] = (
+    MessageType.SESSION_WELCOME,
+    MessageType.SESSION_ERROR,
+    MessageType.SESSION_JOBS,
+    MessageType.SESSION_CLOSED,
+    MessageType.JOB_ACCEPTED,
+    MessageType.JOB_EVENT,
+    MessageType.JOB_RESULT,
+    MessageType.JOB_ERROR,
+    MessageType.JOB_CANCELLED,
+    MessageType.JOB_SUBSCRIBED,
+)
+
+
 @st.composite
 def _runtime_only(draw: st.DrawFn) -> HostileFrame:
-    frame = draw(
-        envelopes(
-            [
-                MessageType.SESSION_WELCOME,
-                MessageType.SESSION_ERROR,
-                MessageType.SESSION_JOBS,
-                MessageType.SESSION_CLOSED,
-                MessageType.JOB_ACCEPTED,
-                MessageType.JOB_EVENT,
-                MessageType.JOB_RESULT,
-                MessageType.JOB_ERROR,
-                MessageType.JOB_CANCELLED,
-                MessageType.JOB_SUBSCRIBED,
-            ]
-        )
-    )
+    frame = draw(envelopes(list(RUNTIME_ONLY_TYPES)))
     return _hostile("runtime_only_type", frame, frame["id"])
 
 

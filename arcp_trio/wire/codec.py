@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import cattrs
@@ -48,6 +48,9 @@ from .limits import (
 )
 from .messages import PAYLOAD_TYPES, FieldError, MessageType
 from .timestamps import parse_timestamp
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 __all__ = [
     "ARCP_VERSION",
@@ -125,48 +128,42 @@ def _strict_float(value: Any, _type: Any) -> float:
     return float(value)
 
 
-def _strict_objects(type_: Any, converter: cattrs.Converter) -> Any:
-    """JSON objects only: cattrs reads a payload class's fields with ``in`` and
-    ``[]``, so a string or an array would become an instance with every default
-    (a ``lease_constraints`` of ``"x"`` meaning no expiry: fail-open)."""
-    structure = make_dict_structure_fn(type_, converter)
+def _shape_only(
+    expected: type[Any], name: str, make: Callable[[Any, cattrs.Converter], Any]
+) -> Callable[[Any, cattrs.Converter], Any]:
+    """A hook factory that refuses a JSON value of the wrong shape before structuring.
 
-    def hook(value: Any, target: Any) -> Any:
-        if not isinstance(value, dict):
-            raise TypeError(f"expected an object, got {_json_type(value)}")
-        return structure(value, target)
+    cattrs reads a payload class's fields with ``in`` and ``[]``, so a string or an
+    array would become an instance with every default (a ``lease_constraints`` of
+    ``"x"`` meaning no expiry: fail-open), and it turns ``"abc"`` into ``["a", "b",
+    "c"]`` where a list is meant.
+    """
 
-    return hook
+    def factory(type_: Any, converter: cattrs.Converter) -> Any:
+        structure = make(type_, converter)
 
+        def hook(value: Any, target: Any) -> Any:
+            if not isinstance(value, expected):
+                raise TypeError(f"expected {name}, got {_json_type(value)}")
+            return structure(value, target)
 
-def _strict_mappings(type_: Any, converter: cattrs.Converter) -> Any:
-    structure = converter.gen_structure_mapping(type_)
+        return hook
 
-    def hook(value: Any, target: Any) -> Any:
-        if not isinstance(value, dict):
-            raise TypeError(f"expected an object, got {_json_type(value)}")
-        return structure(value, target)
-
-    return hook
-
-
-def _strict_lists(type_: Any, converter: cattrs.Converter) -> Any:
-    """JSON arrays only: cattrs would turn ``"abc"`` into ``["a", "b", "c"]``."""
-    structure = list_structure_factory(type_, converter)
-
-    def hook(value: Any, target: Any) -> Any:
-        if not isinstance(value, list):
-            raise TypeError(f"expected an array, got {_json_type(value)}")
-        return structure(value, target)
-
-    return hook
+    return factory
 
 
 def _make_converter() -> cattrs.Converter:
     converter = cattrs.Converter(detailed_validation=True, forbid_extra_keys=False)
-    converter.register_structure_hook_factory(is_mutable_sequence, _strict_lists)
-    converter.register_structure_hook_factory(is_mapping, _strict_mappings)
-    converter.register_structure_hook_factory(attrs.has, _strict_objects)
+    converter.register_structure_hook_factory(
+        is_mutable_sequence, _shape_only(list, "an array", list_structure_factory)
+    )
+    converter.register_structure_hook_factory(
+        is_mapping,
+        _shape_only(dict, "an object", lambda t, c: c.gen_structure_mapping(t)),
+    )
+    converter.register_structure_hook_factory(
+        attrs.has, _shape_only(dict, "an object", make_dict_structure_fn)
+    )
     converter.register_structure_hook(str, _strict(str, "a string"))
     converter.register_structure_hook(int, _strict_int)
     converter.register_structure_hook(bool, _strict(bool, "a boolean"))

@@ -192,14 +192,6 @@ def _texts(max_items: int, max_len: int) -> Any:
     return check
 
 
-def _items(max_items: int) -> Any:
-    def check(_inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
-        if value is not None and len(value) > max_items:
-            raise FieldError(attr.name, f"must have at most {max_items} entries, got {len(value)}")
-
-    return check
-
-
 def _between(low: int, high: int) -> Any:
     def check(_inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
         if value is not None and not low <= value <= high:

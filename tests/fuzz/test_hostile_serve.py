@@ -19,8 +19,6 @@ its session open across all examples.
 
 from __future__ import annotations
 
-import base64
-import os
 import select
 import subprocess
 import sys
@@ -44,6 +42,7 @@ from arcp_trio.transport.base import TransportBroken, TransportError
 from arcp_trio.transport.websocket import connect_websocket
 from tests.fuzz import stats
 from tests.fuzz.budget import budget
+from tests.helpers import raw_websocket_upgrade
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -259,23 +258,8 @@ def _parse_server_frames(data: bytes) -> list[tuple[int, bytes]]:
 
 async def violate(host: str, port: int, violation: WebSocketViolation) -> None:
     with trio.fail_after(TIMEOUT):
-        stream = await trio.open_tcp_stream(host, port)
+        stream, rest = await raw_websocket_upgrade(host, port)
         async with stream:
-            key = base64.b64encode(os.urandom(16)).decode()
-            await stream.send_all(
-                (
-                    f"GET /arcp HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-                    f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                    "Sec-WebSocket-Version: 13\r\n\r\n"
-                ).encode()
-            )
-            head = b""
-            while b"\r\n\r\n" not in head:
-                chunk = await stream.receive_some(4096)
-                assert chunk, "the server closed during the opening handshake"
-                head += chunk
-            response, _, rest = head.partition(b"\r\n\r\n")
-            assert response.startswith(b"HTTP/1.1 101"), response
             try:
                 await stream.send_all(violation.data)
             except trio.BrokenResourceError:

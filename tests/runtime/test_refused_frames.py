@@ -13,9 +13,7 @@ real clock under ``fail_after``; both read paths (the reactor and the portable o
 
 from __future__ import annotations
 
-import base64
 import json
-import os
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -31,7 +29,7 @@ from arcp_trio.runtime.serve import serve_websocket
 from arcp_trio.testing.strategies import ws_frame
 from arcp_trio.transport.wsframes import FrameConnection
 from arcp_trio.wire.ids import new_ulid
-from tests.helpers import TOKENS
+from tests.helpers import TOKENS, raw_websocket_upgrade
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -52,22 +50,7 @@ class RawClient:
 
     @classmethod
     async def connect(cls, port: int) -> RawClient:
-        stream = await trio.open_tcp_stream("127.0.0.1", port)
-        key = base64.b64encode(os.urandom(16)).decode()
-        await stream.send_all(
-            (
-                f"GET /arcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                "Sec-WebSocket-Version: 13\r\n\r\n"
-            ).encode()
-        )
-        head = b""
-        while b"\r\n\r\n" not in head:
-            chunk = await stream.receive_some(4096)
-            assert chunk, "closed during the opening handshake"
-            head += chunk
-        response, _, rest = head.partition(b"\r\n\r\n")
-        assert response.startswith(b"HTTP/1.1 101"), response
+        stream, rest = await raw_websocket_upgrade("127.0.0.1", port)
         client = cls(stream)
         client._feed(rest)
         return client
