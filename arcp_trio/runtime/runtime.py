@@ -55,6 +55,7 @@ from ..wire.errors import (
     InternalError,
     InvalidRequest,
     JobNotFound,
+    LeaseExpired,
     PermissionDenied,
     RemoteProtocolError,
     ResumeWindowExpired,
@@ -1301,8 +1302,16 @@ class Runtime:
         index = next((i for i, c in enumerate(job.credentials) if c["id"] == credential_id), None)
         if index is None:
             raise InvalidRequest(f"job has no credential {credential_id!r}")
+        live = self._live.get(job.job_id)
+        if live is None or live.revoked:
+            # Its credentials went with its lease (§9.5, §9.8): none is issued again.
+            raise LeaseExpired("the job's credentials have been revoked")
         old = job.credentials[index]
         fresh = (await self._provisioner.rotate(Credential.from_wire(old))).as_wire()
+        if _revoked(live):  # (re-read after the await)
+            # Revoked while the upstream rotated: the new value must not outlive them.
+            self._schedule_revocation(job.job_id, fresh)
+            raise LeaseExpired("the job's credentials have been revoked")
         job.credentials[index] = fresh
         self._store.save_credential(_ledger_key(fresh), job.job_id, "live", fresh)
         submitter = self._sessions.get(job.session_id)
@@ -1647,6 +1656,10 @@ def _ledger_key(credential: dict[str, Any]) -> str:
     """One ledger row per credential *value*: a rotation keeps the id, not the value."""
     digest = hashlib.sha256(str(credential["value"]).encode()).hexdigest()[:16]
     return f"{credential['id']}#{digest}"
+
+
+def _revoked(live: _LiveJob) -> bool:
+    return live.revoked
 
 
 def _lease_expired_terminal() -> Terminal:

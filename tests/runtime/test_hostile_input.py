@@ -21,6 +21,7 @@ from arcp_trio.runtime.credentials import InProcessProvisioner
 from arcp_trio.runtime.runtime import open_runtime
 from arcp_trio.store.sqlite import SQLiteStore
 from arcp_trio.transport.base import TransportBroken
+from arcp_trio.wire.errors import LeaseExpired
 from arcp_trio.wire.ids import new_ulid
 from arcp_trio.wire.timestamps import format_timestamp, system_wall_clock
 from tests.helpers import REFERENCE_FEATURES, TOKENS, Frame, Peer, connect, trio_wall_clock
@@ -42,6 +43,16 @@ def _agents() -> Any:
         with trio.CancelScope(shield=True):
             await trio.sleep(float(input_["seconds"]))
         return "done"
+
+    @registry.agent("late_rotator")
+    async def late_rotator(input_: Any, ctx: JobContext) -> Any:
+        with trio.CancelScope(shield=True):
+            await trio.sleep(float(input_["seconds"]))
+            try:
+                await ctx.rotate_credential(ctx.credentials[0]["id"])
+            except LeaseExpired:
+                return "refused"
+        return "rotated"
 
     @registry.agent("late_user")
     async def late_user(input_: Any, ctx: JobContext) -> Any:
@@ -408,3 +419,33 @@ async def test_a_burst_on_one_connection_does_not_hold_up_another(
     assert len(log) == 501
     position = log.index(("quiet", "session.pong"))
     assert position < 5, f"the ping waited behind {position} frames of the burst"
+
+
+async def test_no_credential_is_rotated_in_after_expiry(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """An agent that outlives its lease cannot get a fresh credential back."""
+    upstream = InProcessProvisioner()
+    with trio.fail_after(20):
+        async with open_runtime(
+            agents=_agents(),
+            tokens=TOKENS,
+            store=SQLiteStore(tmp_path / "rt.sqlite3"),
+            provisioner=upstream,
+            config=RuntimeConfig(heartbeat_interval_sec=2),
+        ) as runtime:
+            peer = await _peer(
+                runtime, nursery, features=[*REFERENCE_FEATURES, "provisioned_credentials"]
+            )
+            expires_at = system_wall_clock() + timedelta(seconds=0.3)
+            accepted = await peer.submit(
+                "late_rotator",
+                {"seconds": 0.8},
+                lease_constraints={"expires_at": format_timestamp(expires_at)},
+                lease_request={"model.use": ["tier-fast/*"]},
+            )
+            frames = await peer.recv_terminal(accepted["payload"]["job_id"])
+            assert frames[-1]["payload"]["code"] == "LEASE_EXPIRED"
+            assert upstream.live == {}  # the original revoked, none rotated in
+            statuses = [f["payload"]["body"] for f in frames if f["type"] == "job.event"]
+            assert not any(b.get("phase") == "credential_rotated" for b in statuses)
