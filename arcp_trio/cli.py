@@ -48,6 +48,7 @@ import os
 import re
 import secrets
 import signal
+import ssl
 import sys
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -260,6 +261,20 @@ def _build_parser() -> argparse.ArgumentParser:
         "§9.5, docs/leases.md",
     )
     serve.add_argument(
+        "--certfile",
+        type=Path,
+        default=None,
+        metavar="PEM",
+        help="serve wss:// (TLS) with this certificate chain (with --keyfile)",
+    )
+    serve.add_argument(
+        "--keyfile",
+        type=Path,
+        default=None,
+        metavar="PEM",
+        help="the private key of --certfile (default: in the --certfile file)",
+    )
+    serve.add_argument(
         "--no-reactor",
         action="store_true",
         help="each connection reads its own socket (the portable path macOS and Windows "
@@ -462,8 +477,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             format="%(asctime)s %(levelname)s %(name)s %(message)s",
         )
         registry = _load_agents(parser, args.agents) if args.agents else demo_registry()
+        ssl_context = _server_ssl_context(parser, args)
         try:
-            trio.run(_serve, args, registry)
+            trio.run(_serve, args, registry, ssl_context)
         except StoreError as exc:
             print(f"arcp-trio: refusing to start: {exc.message}", file=sys.stderr)
             return EXIT_NO_SESSION
@@ -568,7 +584,28 @@ def _load_agents(parser: argparse.ArgumentParser, spec: str) -> AgentRegistry:
     return value
 
 
-async def _serve(args: argparse.Namespace, registry: AgentRegistry) -> None:
+def _server_ssl_context(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> ssl.SSLContext | None:
+    """The TLS context of ``--certfile``/``--keyfile`` (None: plain ``ws://``); a key
+    without a certificate, or files that do not load, are usage errors (exit 2)."""
+    if args.certfile is None:
+        if args.keyfile is not None:
+            parser.error("serve: --keyfile needs --certfile")
+        return None
+    if args.stdio:
+        parser.error("serve: --certfile is for WebSocket, not --stdio")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(args.certfile, args.keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        parser.error(f"serve: cannot load --certfile/--keyfile: {exc}")
+    return context
+
+
+async def _serve(
+    args: argparse.Namespace, registry: AgentRegistry, ssl_context: ssl.SSLContext | None
+) -> None:
     tokens = dict(args.token)
     if not tokens:
         generated = secrets.token_urlsafe(24)
@@ -594,12 +631,12 @@ async def _serve(args: argparse.Namespace, registry: AgentRegistry) -> None:
             nursery.start_soon(_serve_stdio, runtime, nursery.cancel_scope)
         else:
             info = await nursery.start(
-                partial(serve_websocket, use_reactor=not args.no_reactor),
+                partial(serve_websocket, use_reactor=not args.no_reactor, ssl_context=ssl_context),
                 runtime,
                 args.host,
                 args.port,
             )
-            print(f"READY ws://{info.host}:{info.port}/arcp", flush=True)
+            print(f"READY {info.url}", flush=True)
         nursery.start_soon(_stop_on_signal, runtime, nursery.cancel_scope, args.max_seconds)
 
 

@@ -12,12 +12,16 @@ from __future__ import annotations
 import logging
 import subprocess
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
 
 import trio
 
 from ..transport.base import Transport, TransportBroken
 from ..transport.stdio import StreamTransport
 from ..transport.websocket import connect_websocket
+
+if TYPE_CHECKING:
+    import ssl
 
 __all__ = ["Connector", "spawn_stdio", "websocket_connector"]
 
@@ -27,11 +31,15 @@ log = logging.getLogger(__name__)
 Connector = Callable[[], Awaitable[Transport]]
 
 
-def websocket_connector(url: str) -> Connector:
-    """A ``Connector`` for ``ws://`` / ``wss://`` URLs."""
+def websocket_connector(url: str, *, ssl_context: ssl.SSLContext | None = None) -> Connector:
+    """A ``Connector`` for ``ws://`` / ``wss://`` URLs.
+
+    ``ssl_context``: for ``wss://`` (default: the system's trust store,
+    ``ssl.create_default_context()``, which also honours ``SSL_CERT_FILE``).
+    """
 
     async def connect() -> Transport:
-        return await connect_websocket(url)
+        return await connect_websocket(url, ssl_context=ssl_context)
 
     return connect
 

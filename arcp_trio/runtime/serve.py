@@ -9,6 +9,8 @@ import trio
 from ..transport.websocket import WebSocketServerInfo, serve_websocket_transport
 
 if TYPE_CHECKING:
+    import ssl
+
     from .runtime import Runtime
 
 __all__ = ["WebSocketServerInfo", "serve_websocket"]
@@ -21,6 +23,7 @@ async def serve_websocket(
     *,
     path: str = "/arcp",
     use_reactor: bool = True,
+    ssl_context: ssl.SSLContext | None = None,
     task_status: trio.TaskStatus[WebSocketServerInfo] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Accept ARCP connections on ``ws://host:port/arcp`` until cancelled.
@@ -34,6 +37,10 @@ async def serve_websocket(
     without epoll) gives each connection's task its own socket to read: the portable
     path, which the transport conformance tests also run on Linux.
 
+    ``ssl_context``: serve ``wss://`` with this server context (its certificate chain
+    loaded); ``WebSocketServerInfo.url`` then says ``wss://``. TLS connections are read
+    by their own tasks.
+
     Cancellation: stops accepting and ends every connection; jobs are untouched (they
     belong to the runtime).
     """
@@ -45,5 +52,6 @@ async def serve_websocket(
         max_message_size=runtime.config.max_message_size,
         handshake_timeout=runtime.config.handshake_timeout_sec,
         use_reactor=use_reactor,
+        ssl_context=ssl_context,
         task_status=task_status,
     )

@@ -62,7 +62,7 @@ import signal
 import socket
 import ssl
 import urllib.parse
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import attrs
 import trio
@@ -1039,16 +1039,20 @@ class WebSocketServerInfo:
         host: the bound address (as the socket reports it).
         port: the bound port (the real one when 0 was asked for).
         path: the endpoint path.
+        secure: served over TLS (``wss://``).
     """
 
     host: str
     port: int
     path: str = "/arcp"
+    #: Served over TLS (``wss://``).
+    secure: bool = False
 
     @property
     def url(self) -> str:
-        """``ws://host:port/path``."""
-        return f"ws://{_format_address((self.host, self.port))}{self.path}"
+        """``ws://host:port/path`` (``wss://`` when ``secure``)."""
+        scheme = "wss" if self.secure else "ws"
+        return f"{scheme}://{_format_address((self.host, self.port))}{self.path}"
 
 
 async def serve_websocket_transport(
@@ -1061,6 +1065,7 @@ async def serve_websocket_transport(
     handshake_timeout: float = 10.0,
     close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
     use_reactor: bool = True,
+    ssl_context: ssl.SSLContext | None = None,
     task_status: trio.TaskStatus[WebSocketServerInfo] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Accept WebSocket connections on ``ws://host:port{path}`` until cancelled.
@@ -1078,23 +1083,44 @@ async def serve_websocket_transport(
     (:mod:`arcp_trio.transport.reactor`), so idle connections cost no wake-ups; False
     makes each connection's task read its own socket.
 
+    ``ssl_context``: serve ``wss://`` (TLS, a server context with its certificate
+    chain loaded). The TLS handshake counts towards ``handshake_timeout``. TLS
+    connections are read by their own task (the reactor reads only plain sockets).
+
     Cancellation: stops accepting and cancels every connection's task.
     """
-    listeners = await trio.open_tcp_listeners(port, host=host)
+    tcp_listeners = await trio.open_tcp_listeners(port, host=host)
     try:
-        bound = listeners[0].socket.getsockname()
-        info = WebSocketServerInfo(host=str(bound[0]), port=int(bound[1]), path=path)
+        bound = tcp_listeners[0].socket.getsockname()
+        info = WebSocketServerInfo(
+            host=str(bound[0]), port=int(bound[1]), path=path, secure=ssl_context is not None
+        )
     except BaseException:
-        for listener in listeners:
-            await trio.aclose_forcefully(listener)
+        for tcp_listener in tcp_listeners:
+            await trio.aclose_forcefully(tcp_listener)
         raise
+    listeners: list[trio.abc.Listener[Any]] = (
+        list(tcp_listeners)
+        if ssl_context is None
+        else [
+            # https_compatible: a peer may end TLS without close_notify (the WebSocket
+            # closing handshake is what says the conversation is over).
+            trio.SSLListener(listener, ssl_context, https_compatible=True)
+            for listener in tcp_listeners
+        ]
+    )
 
-    async def serve_connection(stream: trio.SocketStream) -> None:
+    async def serve_connection(stream: trio.abc.Stream) -> None:
+        tcp = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
         try:
-            peer = _format_address(stream.socket.getpeername())
+            peer = (
+                _format_address(tcp.socket.getpeername())
+                if isinstance(tcp, trio.SocketStream)
+                else "?"
+            )
         except OSError:
             peer = "?"
-        description = f"ws {peer}"
+        description = f"{'wss' if ssl_context is not None else 'ws'} {peer}"
         try:
             transport: WebSocketTransport | None = None
             with trio.move_on_after(handshake_timeout):

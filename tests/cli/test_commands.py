@@ -23,6 +23,7 @@ from arcp_trio.cli import main
 from arcp_trio.wire.timestamps import format_timestamp
 from tests.cli.conftest import REPO, run_cli, start_serve, stop
 from tests.interop.tcp_proxy import open_tcp_proxy
+from tests.tls import make_tls
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -464,3 +465,40 @@ def test_the_slow_agent_with_a_short_lease_ends_lease_expired_at_expiry(
     assert done.returncode == 1, done.stderr  # the job failed
     assert "LEASE_EXPIRED" in done.stderr
     assert 0 <= late < 1.0, late
+
+
+def test_serve_over_tls_prints_a_wss_ready_line_and_the_client_uses_it(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    tls = make_tls(tmp_path)
+    process, url = start_serve("--certfile", str(tls.cert_file), "--keyfile", str(tls.key_file))
+    try:
+        assert url.startswith("wss://127.0.0.1:")
+        assert url.endswith("/arcp")
+        env = {**cli_env, "ARCP_URL": url, "SSL_CERT_FILE": str(tls.ca_file)}
+        done = run_cli(["submit", "echo", "--input", '{"over": "tls"}', "--follow"], env)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["echo"] == {"over": "tls"}
+        untrusting = {k: v for k, v in env.items() if k != "SSL_CERT_FILE"}
+        refused = run_cli(["submit", "echo"], untrusting)
+        assert refused.returncode == 3, refused.stderr  # no session: the cert is not trusted
+    finally:
+        stop(process)
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [["--keyfile", "k.pem"], ["--certfile", "missing.pem"]],
+    ids=["key-without-cert", "unreadable-cert"],
+)
+def test_serve_tls_flags_are_checked(flags: list[str], tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "arcp_trio", "serve", "--port", "0", *flags],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "--certfile" in done.stderr or "--keyfile" in done.stderr

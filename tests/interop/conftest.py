@@ -222,11 +222,13 @@ def run_driver(
     args: Mapping[str, Any] | None = None,
     *,
     timeout: float = DRIVER_TIMEOUT,
+    env: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Run ``ref_driver.py`` for one scenario and return its JSON report.
 
     The driver bounds the scenario itself (``--timeout``); the subprocess gets a few extra
-    seconds on top. Its stderr is attached to the report as ``driver_stderr``.
+    seconds on top. Its stderr is attached to the report as ``driver_stderr``. ``env``
+    adds environment variables (``SSL_CERT_FILE`` for a ``wss://`` runtime).
     """
     cmd = [
         sys.executable,
@@ -250,6 +252,7 @@ def run_driver(
             text=True,
             timeout=timeout + 10,
             check=False,
+            env={**os.environ, **(env or {})},
         )
     except subprocess.TimeoutExpired as e:
         err = e.stderr.decode("utf-8", "replace") if isinstance(e.stderr, bytes) else e.stderr

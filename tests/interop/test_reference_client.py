@@ -18,6 +18,9 @@ from typing import Any
 
 import pytest
 
+from tests.interop.conftest import runtime_kind
+from tests.tls import make_tls
+
 pytestmark = pytest.mark.interop
 
 Report = dict[str, Any]
@@ -399,3 +402,32 @@ def test_cross_principal_isolation(runtime: Any, run_driver: Driver) -> None:
     assert [f for f in out["b_job_frames"] if f["type"].startswith("job.")] == []
     assert out["a_outcome"]["status"] == "result"
     assert out["a_outcome"]["payload"]["final_status"] == "success"
+
+
+# --------------------------------------------------------------------------- TLS
+
+
+@pytest.mark.skipif(
+    runtime_kind() != "arcp_trio", reason="serve --certfile is arcp_trio's own flag"
+)
+def test_the_reference_client_over_wss(
+    serve_runtime: Any, run_driver: Driver, tmp_path: Any
+) -> None:
+    """`arcp-trio serve --certfile --keyfile` serves wss:// (its READY line says so),
+    and the reference client (websockets, the system's trust store plus
+    SSL_CERT_FILE) runs a job over it; the CA is made for this test."""
+    tls = make_tls(tmp_path)
+    extra = ["--certfile", str(tls.cert_file), "--keyfile", str(tls.key_file)]
+    with serve_runtime(extra=extra) as rt:
+        assert rt.url.startswith("wss://127.0.0.1:")
+        out = check(
+            run_driver(
+                rt.url,
+                rt.token_for("alice"),
+                "ticker",
+                {"input": {"count": 3, "interval": 0.01}},
+                env={"SSL_CERT_FILE": str(tls.ca_file)},
+            )
+        )
+        assert out["outcome"]["status"] == "result"
+        assert out["outcome"]["payload"]["result"] == {"ticks": 3}

@@ -8,12 +8,9 @@ clock and assert exact virtual times. The interop tests run the ``websockets`` l
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
 import logging
 import os
-import ssl
 import subprocess
 import sys
 import tempfile
@@ -21,6 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import trio
@@ -53,11 +51,15 @@ from arcp_trio.transport.websocket import (
     websocket_client_handshake,
     websocket_server_handshake,
 )
+from tests.tls import make_tls
 from tests.transport.streams import (
     RawPeer,
     assert_aclose_bounded_by_a_stuck_write,
     raw_peer_and_server,
 )
+
+if TYPE_CHECKING:
+    import ssl
 
 GUARD = 10
 Handler = Callable[[Transport], Awaitable[None]]
@@ -599,50 +601,16 @@ async def test_our_client_talks_to_a_websockets_server() -> None:
 # == TLS ====================================================================================
 
 
-def _self_signed_contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    """A server context with a fresh self-signed cert for 127.0.0.1, and a client
-    context that trusts exactly that cert."""
-    x509 = pytest.importorskip("cryptography.x509")
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=365 * 100))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
+def _tls_contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server context with a certificate for 127.0.0.1 from a CA made here, and a
+    client context that trusts exactly that CA."""
     with tempfile.TemporaryDirectory() as directory:
-        cert_path, key_path = Path(directory, "cert.pem"), Path(directory, "key.pem")
-        cert_path.write_bytes(cert_pem)
-        key_path.write_bytes(key_pem)
-        server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        server.load_cert_chain(cert_path, key_path)
-    client = ssl.create_default_context(cadata=cert_pem.decode("ascii"))
-    return server, client
+        tls = make_tls(Path(directory))
+        return tls.server_context(), tls.client_context()
 
 
 async def test_wss_client() -> None:
-    server_context, client_context = _self_signed_contexts()
+    server_context, client_context = _tls_contexts()
 
     async def handle(stream: trio.SSLStream[trio.SocketStream]) -> None:
         try:
