@@ -267,6 +267,18 @@ async def test_on_use_lets_an_idle_job_run_past_expiry(
         assert terminal["payload"]["code"] == "LEASE_EXPIRED"
 
 
+def _with_credentials(tmp_path: Path, upstream: InProcessProvisioner) -> Any:
+    """A runtime that provisions credentials (it needs the durable ledger), with a
+    0.1 s timer granularity (a 2 s heartbeat)."""
+    return open_runtime(
+        agents=_agents(),
+        tokens=TOKENS,
+        store=SQLiteStore(tmp_path / "rt.sqlite3"),
+        provisioner=upstream,
+        config=RuntimeConfig(heartbeat_interval_sec=2),
+    )
+
+
 async def test_credentials_are_revoked_at_expiry_even_if_the_agent_hangs_on(
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:
@@ -277,13 +289,7 @@ async def test_credentials_are_revoked_at_expiry_even_if_the_agent_hangs_on(
     Real clock: the SQLite ledger's writer thread and MockClock's autojump disagree."""
     upstream = InProcessProvisioner()
     with trio.fail_after(20):
-        async with open_runtime(
-            agents=_agents(),
-            tokens=TOKENS,
-            store=SQLiteStore(tmp_path / "rt.sqlite3"),
-            provisioner=upstream,
-            config=RuntimeConfig(heartbeat_interval_sec=2),
-        ) as runtime:
+        async with _with_credentials(tmp_path, upstream) as runtime:
             peer = await _peer(
                 runtime, nursery, features=[*REFERENCE_FEATURES, "provisioned_credentials"]
             )
@@ -427,13 +433,7 @@ async def test_no_credential_is_rotated_in_after_expiry(
     """An agent that outlives its lease cannot get a fresh credential back."""
     upstream = InProcessProvisioner()
     with trio.fail_after(20):
-        async with open_runtime(
-            agents=_agents(),
-            tokens=TOKENS,
-            store=SQLiteStore(tmp_path / "rt.sqlite3"),
-            provisioner=upstream,
-            config=RuntimeConfig(heartbeat_interval_sec=2),
-        ) as runtime:
+        async with _with_credentials(tmp_path, upstream) as runtime:
             peer = await _peer(
                 runtime, nursery, features=[*REFERENCE_FEATURES, "provisioned_credentials"]
             )
