@@ -626,6 +626,18 @@ class _FixedGlob:
         return True
 
 
+def _compile_glob(
+    text: str, *, path: bool, percent: bool = False
+) -> tuple[_Chunks, Callable[[str], bool]]:
+    """A glob's chunks and its ``fullmatch``. Text without a special character (most
+    path segments, many names) is its own matcher: no parse at all."""
+    special = _SPECIAL_PERCENT if percent else _SPECIAL
+    if special.search(text) is None:
+        return ((text,),), text.__eq__
+    chunks = _parse_glob(text, path=path, percent=percent)
+    return chunks, _matcher(chunks, path=path)
+
+
 def _matcher(chunks: _Chunks, *, path: bool) -> Callable[[str], bool]:
     """``fullmatch`` for a glob: string operations when it is literal between its
     stars (the common case), element by element when it has no star, and a regex
@@ -742,11 +754,7 @@ def _split_path_pattern(text: str, *, percent: bool) -> tuple[_PathItem, ...]:
             if not (items and isinstance(items[-1], _GlobStar)):
                 items.append(_GLOBSTAR)
             continue
-        if _SPECIAL_PERCENT.search(raw) is None:
-            items.append(_Segment(((raw,),), raw.__eq__))  # literal: most segments
-            continue
-        chunks = _parse_glob(raw, path=True, percent=percent)
-        items.append(_Segment(chunks, _matcher(chunks, path=True)))
+        items.append(_Segment(*_compile_glob(raw, path=True, percent=percent)))
     return tuple(items)
 
 
@@ -1039,8 +1047,7 @@ class NameGlob:
     def compile(cls, pattern: str) -> NameGlob:
         if "\x00" in pattern:
             raise _BadPattern("NUL is not allowed")
-        chunks = _parse_glob(pattern, path=False)
-        return cls(pattern, chunks, _matcher(chunks, path=False))
+        return cls(pattern, *_compile_glob(pattern, path=False))
 
     @property
     def tokens(self) -> tuple[_Token, ...]:
