@@ -28,6 +28,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from arcp_trio.wire.errors import ARCPError
+from arcp_trio.wire.limits import ID_SCAN_CHARS
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -55,8 +56,9 @@ __all__ = [
 #: ``websockets`` library default the reference SDK runs with; WIRE.md §1).
 DEFAULT_MAX_MESSAGE_SIZE = 1 << 20
 
-#: Characters of a refused message kept for its owner (``MessageTooLarge.prefix``).
-REFUSED_PREFIX = 4096
+#: Characters of a refused message kept for its owner (``MessageTooLarge.prefix``): as
+#: many as ``codec.recover_id`` reads for the message's id.
+REFUSED_PREFIX = ID_SCAN_CHARS
 
 
 class TransportError(ARCPError):

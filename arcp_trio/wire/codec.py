@@ -25,6 +25,7 @@ every session that watches the job.
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import TYPE_CHECKING, Any, Final
 
@@ -39,6 +40,7 @@ from cattrs.strategies import configure_union_passthrough
 from .errors import RemoteProtocolError
 from .ids import is_envelope_id, is_trace_id
 from .limits import (
+    ID_SCAN_CHARS,
     MAX_ID_LEN,
     MAX_INT,
     MAX_REF_LEN,
@@ -323,8 +325,6 @@ def is_session_pong(text: str) -> bool:
 
 # -- reading the id of a frame that cannot be parsed ---------------------------------------
 
-#: ``recover_id`` reads at most this many characters of a frame.
-ID_SCAN_LIMIT: Final = 4096
 #: Members of the top-level object ``recover_id`` looks past before it gives up.
 _ID_SCAN_MEMBERS: Final = 16
 _WS = re.compile(r"[ \t\n\r]*")
@@ -359,7 +359,7 @@ def _skip_value(text: str, pos: int) -> int | None:
 def recover_id(text: str | bytes) -> str | None:
     """The top-level ``"id"`` string of a frame that cannot be parsed whole.
 
-    Reads the frame's first ``ID_SCAN_LIMIT`` characters as far as the top-level
+    Reads the frame's first ``ID_SCAN_CHARS`` characters as far as the top-level
     ``id`` member, skipping (not parsing) the members before it, so a frame that is
     too large, too deep, not JSON further on, or not UTF-8 further on can still be
     answered with its ``request_id`` (WIRE.md "Errors are correlated"). Returns None
@@ -367,8 +367,8 @@ def recover_id(text: str | bytes) -> str | None:
     Never raises; its cost is bounded by the prefix.
     """
     if isinstance(text, bytes | bytearray):
-        text = bytes(text[:ID_SCAN_LIMIT]).decode("utf-8", "ignore")
-    window = text[:ID_SCAN_LIMIT]
+        text = bytes(text[:ID_SCAN_CHARS]).decode("utf-8", "ignore")
+    window = text[:ID_SCAN_CHARS]
     pos = _skip_ws(window, 0)
     if not window.startswith("{", pos):
         return None
@@ -414,12 +414,11 @@ def _refuse_constant(name: str) -> Any:
 
 def _finite_float(text: str) -> float:
     value = float(text)
-    if value in (_INF, -_INF):
+    if math.isinf(value):
         raise ValueError(f"number {text[:20]}... overflows a double")
     return value
 
 
-_INF: Final = float("inf")
 #: A number that may overflow a double: an exponent of three digits or more, or more
 #: than 308 digits in a row. Only frames that contain one take the slower checked parse.
 _MAYBE_HUGE_NUMBER = re.compile(r"[eE][+]?0*[0-9]{3}|[0-9]{309}")
@@ -464,13 +463,12 @@ def decode(text: str | bytes) -> Envelope:
             request_id=recover_id(text),
         ) from None
     except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError included
-        reason = "frame is not valid UTF-8" if isinstance(exc, UnicodeDecodeError) else None
-        if reason is None:
-            reason = (
-                f"frame is not valid JSON: {exc}"
-                if not isinstance(exc, json.JSONDecodeError)
-                else f"frame is not valid JSON: {exc.msg} at character {exc.pos}"
-            )
+        if isinstance(exc, UnicodeDecodeError):
+            reason = "frame is not valid UTF-8"
+        elif isinstance(exc, json.JSONDecodeError):
+            reason = f"frame is not valid JSON: {exc.msg} at character {exc.pos}"
+        else:  # refused by one of _loads' own checks
+            reason = f"frame is not valid JSON: {exc}"
         raise RemoteProtocolError(
             reason, details={"errors": [f"{reason} @ $"]}, request_id=recover_id(text)
         ) from None

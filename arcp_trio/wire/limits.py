@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Final
 
 __all__ = [
+    "ID_SCAN_CHARS",
     "MAX_AGENTS_ADVERTISED",
     "MAX_AMOUNT_FRACTION_DIGITS",
     "MAX_AMOUNT_INTEGER_DIGITS",
@@ -58,6 +59,11 @@ MIN_INT: Final = -(1 << 63)
 #: unsigned 64-bit, and arrays and objects nested at most this deep (orjson's limit).
 MAX_UINT: Final = (1 << 64) - 1
 MAX_NESTING: Final = 254
+
+#: The first characters of a frame that cannot be parsed whole (too large, too deep,
+#: not UTF-8 further on): read for its ``id`` so the refusal is correlated, and what
+#: a transport keeps of a message it refuses.
+ID_SCAN_CHARS: Final = 4096
 
 #: An envelope ``id``: a ULID is 26 characters, ``prefix_ULID`` a few more.
 MAX_ID_LEN: Final = 64

@@ -176,8 +176,23 @@ def test_runtime_frames_of_any_depth_decode() -> None:
     assert decode(text).type == "job.result"
 
 
+def test_input_integers_at_the_64_bit_bounds_are_kept() -> None:
+    for value in (limits.MIN_INT, limits.MAX_UINT):
+        for shaped in (str(value), f"[{value}]"):
+            text = (
+                f'{{"id":"{_ID}","type":"job.submit","payload":{{"agent":"e","input":{shaped}}}}}'
+            )
+            assert decode(text).payload.input in (value, [value])
+
+
 @pytest.mark.parametrize(
-    "value", ["18446744073709551616", "[-9223372036854775809]", '{"a":[1e0, 99999999999999999999]}']
+    "value",
+    [
+        "18446744073709551616",
+        "-9223372036854775809",
+        "[-9223372036854775809]",
+        '{"a":[1e0, 99999999999999999999]}',
+    ],
 )
 def test_input_integers_fit_in_64_bits(value: str) -> None:
     text = f'{{"id":"{_ID}","type":"job.submit","payload":{{"agent":"e","input":{value}}}}}'
