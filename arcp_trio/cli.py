@@ -80,6 +80,7 @@ from .wire.errors import (
     JobNotFound,
     PermissionDenied,
 )
+from .wire.messages import JOB_STATUSES
 from .wire.timestamps import format_timestamp, parse_timestamp
 
 if TYPE_CHECKING:
@@ -199,12 +200,11 @@ def _expires_at(value: str) -> str:
 
 
 def _statuses(value: str) -> list[str]:
-    allowed = {"pending", "running", "success", "error", "cancelled", "timed_out"}
     statuses = [s for s in value.split(",") if s]
-    unknown = [s for s in statuses if s not in allowed]
+    unknown = [s for s in statuses if s not in JOB_STATUSES]
     if unknown:
         raise argparse.ArgumentTypeError(
-            f"unknown status {unknown[0]!r} (one of {', '.join(sorted(allowed))})"
+            f"unknown status {unknown[0]!r} (one of {', '.join(sorted(JOB_STATUSES))})"
         )
     return statuses
 

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import attrs
 
 from ..wire.errors import DuplicateKey, ErrorCode, InvalidRequest
+from ..wire.limits import MAX_CURSOR_LEN
 from ..wire.messages import MessageType
 from .session import Dialect
 
@@ -342,8 +343,10 @@ class JobTable:
                 raise InvalidRequest(f"unknown job status filter {sorted(unknown)}")
         after = 0
         if cursor is not None:
-            if not cursor.isdigit():
-                raise InvalidRequest(f"invalid cursor {cursor!r}")
+            # ASCII digits, at most 19 (str.isdigit admits "²", and int() refuses
+            # thousands of digits with a ValueError, not an InvalidRequest).
+            if not (cursor.isascii() and cursor.isdigit() and len(cursor) <= MAX_CURSOR_LEN):
+                raise InvalidRequest(f"invalid cursor {cursor[:40]!r}")
             after = int(cursor)
         jobs = self._by_principal.get(principal, []) if visible is None else self._ordered
         start = bisect.bisect_right(jobs, after, key=lambda job: job.ordinal)

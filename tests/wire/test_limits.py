@@ -432,3 +432,11 @@ def test_docs_list_every_limit_with_its_value() -> None:
             limits.MAX_UINT: "2^64 - 1",
         }.get(value, f"{value:,}")
         assert shown in row.group(), f"docs/limits.md gives {name} a value other than {shown}"
+
+
+def test_the_status_filter_knows_exactly_the_job_statuses() -> None:
+    """wire cannot import protocol (the layer arrows): its list must match the enum."""
+    from arcp_trio.protocol.job import JobStatus
+    from arcp_trio.wire.messages import JOB_STATUSES
+
+    assert {str(status) for status in JobStatus} == JOB_STATUSES
