@@ -28,6 +28,7 @@ from tests.helpers import REFERENCE_FEATURES, TOKENS, Frame, Peer, connect, trio
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+    from datetime import datetime
     from pathlib import Path
 
     from arcp_trio.runtime.context import JobContext
@@ -279,6 +280,22 @@ def _with_credentials(tmp_path: Path, upstream: InProcessProvisioner) -> Any:
     )
 
 
+async def _submit_with_credentials(
+    runtime: Runtime, nursery: trio.Nursery, agent: str, input_: Any
+) -> tuple[Peer, Frame, datetime]:
+    """A session that asks for credentials submits ``agent`` under a lease that expires
+    in 0.3 s (and names a model, so the upstream issues one credential)."""
+    peer = await _peer(runtime, nursery, features=[*REFERENCE_FEATURES, "provisioned_credentials"])
+    expires_at = system_wall_clock() + timedelta(seconds=0.3)
+    accepted = await peer.submit(
+        agent,
+        input_,
+        lease_constraints={"expires_at": format_timestamp(expires_at)},
+        lease_request={"model.use": ["tier-fast/*"]},
+    )
+    return peer, accepted, expires_at
+
+
 async def test_credentials_are_revoked_at_expiry_even_if_the_agent_hangs_on(
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:
@@ -290,15 +307,8 @@ async def test_credentials_are_revoked_at_expiry_even_if_the_agent_hangs_on(
     upstream = InProcessProvisioner()
     with trio.fail_after(20):
         async with _with_credentials(tmp_path, upstream) as runtime:
-            peer = await _peer(
-                runtime, nursery, features=[*REFERENCE_FEATURES, "provisioned_credentials"]
-            )
-            expires_at = system_wall_clock() + timedelta(seconds=0.3)
-            accepted = await peer.submit(
-                "stubborn",
-                {"seconds": 1.5},
-                lease_constraints={"expires_at": format_timestamp(expires_at)},
-                lease_request={"model.use": ["tier-fast/*"]},
+            peer, accepted, expires_at = await _submit_with_credentials(
+                runtime, nursery, "stubborn", {"seconds": 1.5}
             )
             [credential] = accepted["payload"]["credentials"]
             await upstream.wait_revoked(credential["value"])
@@ -434,15 +444,8 @@ async def test_no_credential_is_rotated_in_after_expiry(
     upstream = InProcessProvisioner()
     with trio.fail_after(20):
         async with _with_credentials(tmp_path, upstream) as runtime:
-            peer = await _peer(
-                runtime, nursery, features=[*REFERENCE_FEATURES, "provisioned_credentials"]
-            )
-            expires_at = system_wall_clock() + timedelta(seconds=0.3)
-            accepted = await peer.submit(
-                "late_rotator",
-                {"seconds": 0.8},
-                lease_constraints={"expires_at": format_timestamp(expires_at)},
-                lease_request={"model.use": ["tier-fast/*"]},
+            peer, accepted, _ = await _submit_with_credentials(
+                runtime, nursery, "late_rotator", {"seconds": 0.8}
             )
             frames = await peer.recv_terminal(accepted["payload"]["job_id"])
             assert frames[-1]["payload"]["code"] == "LEASE_EXPIRED"
