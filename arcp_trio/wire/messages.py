@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import enum
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import orjson
@@ -45,6 +45,9 @@ from .limits import (
     MAX_TOKEN_LEN,
 )
 from .timestamps import parse_timestamp
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 __all__ = [
     "AGENT_REF_RE",
@@ -202,23 +205,24 @@ def _between(low: int, high: int) -> Any:
 _seq = _between(0, MAX_INT)
 
 
-def _timestamp(_inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
-    if value is None:
-        return
-    _check_text(attr.name, value, MAX_TIMESTAMP_LEN)
-    try:
-        parse_timestamp(value)
-    except ValueError as exc:
-        raise FieldError(attr.name, str(exc)) from None
+def _parsed_by(parse: Callable[[str], object], max_len: int | None = None) -> Any:
+    """A string field (or None) that ``parse`` accepts; its ``ValueError`` names why."""
+
+    def check(_inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
+        if value is None:
+            return
+        if max_len is not None:
+            _check_text(attr.name, value, max_len)
+        try:
+            parse(value)
+        except ValueError as exc:
+            raise FieldError(attr.name, str(exc)) from None
+
+    return check
 
 
-def _agent_ref(_inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
-    if value is None:
-        return
-    try:
-        parse_agent_ref(value)
-    except ValueError as exc:
-        raise FieldError(attr.name, str(exc)) from None
+_timestamp = _parsed_by(parse_timestamp, MAX_TIMESTAMP_LEN)
+_agent_ref = _parsed_by(parse_agent_ref)  # (its regex bounds each half's length)
 
 
 def _statuses(_inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
