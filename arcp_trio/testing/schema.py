@@ -15,6 +15,7 @@ This module imports ``hypothesis``.
 from __future__ import annotations
 
 import copy
+import functools
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -307,8 +308,10 @@ class _Missing:
 _MISSING: Any = _Missing()
 
 
-def _all_violations(message_type: str) -> list[tuple[tuple[str, ...], Any, str, str]]:
-    """(field path as keys, bad value, error path, how) for every field of the type."""
+@functools.cache
+def _all_violations(message_type: str) -> tuple[tuple[tuple[str, ...], Any, str, str], ...]:
+    """(field path as keys, bad value, error path, how) for every field of the type
+    (built once per type: each example picks one by index)."""
     found: list[tuple[tuple[str, ...], Any, str, str]] = []
 
     def walk(fields: Mapping[str, Field], keys: tuple[str, ...]) -> None:
@@ -322,7 +325,7 @@ def _all_violations(message_type: str) -> list[tuple[tuple[str, ...], Any, str, 
                 walk(field.fields, where)
 
     walk(CLIENT_SCHEMA[message_type], ())
-    return found
+    return tuple(found)
 
 
 def _violation(message_type: str, index: int) -> SchemaViolation:

@@ -45,6 +45,7 @@ from .program import (
     Subscribe,
     Unsubscribe,
 )
+from .schema import CLIENT_SCHEMA, FIRST_FRAME_TYPES, schema_violations
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -597,8 +598,6 @@ def _huge(draw: st.DrawFn, limit: int) -> HostileFrame:
 
 def _schema() -> st.SearchStrategy[HostileFrame]:
     """One field of a client message broken (``testing.schema``), after the handshake."""
-    from .schema import CLIENT_SCHEMA, FIRST_FRAME_TYPES, schema_violations
-
     in_session = tuple(t for t in CLIENT_SCHEMA if t not in FIRST_FRAME_TYPES)
     return schema_violations(in_session).map(
         lambda v: HostileFrame(kind="schema", text=json.dumps(v.frame), request_id=v.frame_id)

@@ -79,6 +79,7 @@ from wsproto.events import (
     Request,
     TextMessage,
 )
+from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from arcp_trio.transport.base import (
@@ -120,7 +121,6 @@ _NORMAL_CLOSURE = 1000
 _CAN_SEND = frozenset({ConnectionState.OPEN})
 _CAN_CLOSE = frozenset({ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING})
 _INTERNAL_ERROR = 1011
-_INVALID_PAYLOAD = 1007
 #: ``send`` flag: a write to a reset peer fails with EPIPE instead of raising SIGPIPE
 #: (Linux, BSDs). 0 where the platform has none.
 _MSG_NOSIGNAL: int = getattr(socket, "MSG_NOSIGNAL", 0)
@@ -704,7 +704,7 @@ class WebSocketTransport(TransportState):
             # We had sent a close frame already; this one completes the handshake.
             reason = f"the WebSocket was closed (code {event.code})"
         else:
-            if event.code == _INVALID_PAYLOAD and self._closing_code is None:
+            if event.code == CloseReason.INVALID_FRAME_PAYLOAD_DATA and self._closing_code is None:
                 # A text message that is not UTF-8 (RFC 6455 §8.1: fail the connection,
                 # 1007). It is still an ARCP frame: its owner answers it first, by the
                 # id in what was readable; the next receive (or aclose) closes.
