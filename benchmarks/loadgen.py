@@ -633,12 +633,12 @@ def _costly_lease(seed: int = 0) -> dict[str, list[str]]:
 
 
 def _stall_frames(max_message_size: int) -> dict[str, list[str] | bytes]:
-    """One attack per kind: the costliest frame of each kind the limits allow."""
+    """One attack per kind: the costliest frame of each kind the limits allow (the
+    lease attack, fresh each time, is made by ``_costly_lease``)."""
     big_input = ["x" * 100] * ((max_message_size - 4096) // 106)
     deep = "[" * 100_000 + "]" * 100_000
     head = '{"arcp":"1.1","id":"' + ulid() + '","type":"job.submit","payload":{"agent":"a",'
     return {
-        "lease": [envelope("job.submit", {"agent": "echo", "lease_request": _costly_lease()})[1]],
         "big_input": [envelope("job.submit", {"agent": "no-such-agent", "input": big_input})[1]],
         "oversized": [head + '"input":"' + "x" * max_message_size + '"}}'],
         "deep": [head + '"input":' + deep + "}}"],
@@ -669,30 +669,34 @@ async def wl_stall(
     await asyncio.wait_for(acc, 10)
     await asyncio.sleep(1.0)  # a steady ticker before the attack
     frames = _stall_frames(max_message_size)
-    answered: dict[str, int] = dict.fromkeys(frames, 0)
-    latency: dict[str, list[float]] = {kind: [] for kind in frames}
+    kinds = ["lease", *frames]
+    answered: dict[str, int] = dict.fromkeys(kinds, 0)
+    latency: dict[str, list[float]] = {kind: [] for kind in kinds}
     unanswered = 0
     reconnects = 0
     stop_at = time.perf_counter() + duration
 
     async def attacker(index: int) -> None:
         nonlocal reconnects, unanswered
-        kinds = list(frames)
         turn = index
+        opened = False
         session: Session | None = None
         while time.perf_counter() < stop_at:
             kind = kinds[turn % len(kinds)]
             turn += 1
             try:
                 if session is None or session.conn.closed.done():
-                    if session is not None:
-                        reconnects += 1
+                    reconnects += opened  # every connection after this attacker's first
+                    opened = True
                     session = await Session.open(url, token)
                     await session.hello()
-                attack = frames[kind]
                 if kind == "lease":
                     lease = _costly_lease(index << 20 | turn)
-                    attack = [envelope("job.submit", {"agent": "echo", "lease_request": lease})[1]]
+                    attack: list[str] | bytes = [
+                        envelope("job.submit", {"agent": "echo", "lease_request": lease})[1]
+                    ]
+                else:
+                    attack = frames[kind]
                 before = len(session.errors)
                 sent = time.perf_counter()
                 if isinstance(attack, bytes):
