@@ -31,6 +31,12 @@ Workloads (every parameter has a default, scale with ``--param``):
   terminal; round-trip p50/p99.
 * ``subscribers`` k, n: k sessions subscribe (``history: true``) to one ``chatty`` n
   job as soon as it is accepted; aggregate delivered events/s to the subscribers.
+* ``soak`` jobs, n: one session (``ack`` negotiated) runs ``jobs`` ``chatty`` n jobs
+  one after another, acking every 1,000 events and at each terminal; the runtime's
+  RSS growth from a warm point (after the first quarter of the jobs) to the end.
+* ``slow`` consumers, n: that many sessions each submit one ``chatty`` n job at once
+  and read slowly (a pause of the socket's reading every ``burst`` events), acking
+  every 1,000 events; RSS growth and peak (VmHWM) growth from before the submits.
 """
 
 # ruff: noqa: ASYNC109
@@ -43,6 +49,7 @@ import json
 import math
 import os
 import random
+import re
 import resource
 import sys
 import time
@@ -58,6 +65,9 @@ TERMINAL_STATUSES = {"success", "error", "cancelled", "timed_out"}
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _TYPE_KEY = b'"type":"'
 _LOG_KIND = b'"kind":"log"'
+#: A frame's envelope ``event_seq``, read without parsing the frame (job events are
+#: only counted); the demo agents' payloads never contain that key.
+_SEQ_RE = re.compile(rb'"event_seq":(\d+)')
 
 
 def ulid() -> str:
@@ -152,6 +162,12 @@ class Session:
     (``job.result``/``job.error``) are parsed and appended to ``terminals``;
     ``session.ping`` is answered with ``session.pong``; any other frame is parsed and
     offered to the waiters registered with ``expect``.
+
+    Opt-in, for the memory workloads: ``track_seq`` keeps the highest envelope
+    ``event_seq`` seen in ``last_seq`` (a bytes regex, no parse); ``ack_every`` sends
+    ``session.ack`` of ``last_seq`` once it is that far past the last ack, and at every
+    terminal; ``burst`` pauses reading the socket for ``pause_sec`` after every that
+    many log events (a slow consumer).
     """
 
     def __init__(self, conn: WSConnection, token: str) -> None:
@@ -176,6 +192,17 @@ class Session:
         self.event_times: list[float] | None = None
         self._error_target = 0
         self._error_fut: asyncio.Future[None] | None = None
+        #: The features the welcome announced (``capabilities.features``).
+        self.features: set[str] = set()
+        self.track_seq = False
+        self.last_seq = 0  # highest event_seq seen (when track_seq)
+        self.ack_every = 0  # 0: never ack
+        self.acked_seq = 0
+        self.acks_sent = 0
+        self.burst = 0  # 0: read as fast as possible
+        self.pause_sec = 0.02
+        self.pauses = 0
+        self._paused = False
         conn.on_message = self._on_message
         conn.closed.add_done_callback(self._on_closed)
 
@@ -187,6 +214,12 @@ class Session:
     def _on_message(self, msg: bytes) -> None:
         now = time.perf_counter()
         self.last_t = now
+        if self.track_seq:
+            m = _SEQ_RE.search(msg)
+            if m is not None:
+                seq = int(m.group(1))
+                if seq > self.last_seq:
+                    self.last_seq = seq
         kind = frame_type(msg)
         if kind == b"job.event":
             if self.event_times is not None:
@@ -198,6 +231,10 @@ class Session:
             self.events += 1
             if self.first_event_t is None:
                 self.first_event_t = now
+            if self.ack_every and self.last_seq - self.acked_seq >= self.ack_every:
+                self.ack()
+            if self.burst and self.events % self.burst == 0:
+                self._pause()
             fut = self._event_fut
             if fut is not None and self.events >= self._event_target and not fut.done():
                 fut.set_result(None)
@@ -206,6 +243,8 @@ class Session:
         if kind == b"job.result" or kind == b"job.error":
             self.terminals.append(env)
             self.terminal_t = now
+            if self.ack_every:
+                self.ack()
             fut = self._terminal_fut
             if fut is not None and len(self.terminals) >= self._terminal_target and not fut.done():
                 fut.set_result(None)
@@ -241,6 +280,34 @@ class Session:
         for fut in (self._terminal_fut, self._event_fut, self._error_fut):
             if fut is not None and not fut.done():
                 fut.set_exception(ConnectionError("connection closed"))
+
+    def ack(self) -> None:
+        """``session.ack`` of the highest ``event_seq`` seen, if not acked yet."""
+        if self.last_seq <= self.acked_seq or self.conn.closed.done():
+            return
+        _, text = envelope(
+            "session.ack", {"last_processed_seq": self.last_seq}, session_id=self.session_id
+        )
+        self.conn.send(text)
+        self.acked_seq = self.last_seq
+        self.acks_sent += 1
+
+    def _pause(self) -> None:
+        """Stop reading the socket for ``pause_sec`` (the frames of the chunk being
+        parsed are still delivered: a burst is ``burst`` events or a little more)."""
+        transport = self.conn.transport
+        if self._paused or transport is None or transport.is_closing():
+            return
+        transport.pause_reading()
+        self._paused = True
+        self.pauses += 1
+        asyncio.get_running_loop().call_later(self.pause_sec, self._resume)
+
+    def _resume(self) -> None:
+        self._paused = False
+        transport = self.conn.transport
+        if transport is not None and not transport.is_closing():
+            transport.resume_reading()
 
     def expect(self, pred: Any) -> asyncio.Future[dict[str, Any]]:
         """A future for the next non-hot frame matching ``pred`` (or a session.error)."""
@@ -291,6 +358,7 @@ class Session:
             raise RuntimeError(f"hello refused: {env.get('payload')}")
         self.session_id = env["payload"]["session_id"]
         self.resume_token = env["payload"]["resume_token"]
+        self.features = set(env["payload"].get("capabilities", {}).get("features") or [])
         return env
 
     def submit(self, agent: str, input_: Any) -> tuple[float, asyncio.Future[dict[str, Any]]]:
@@ -610,6 +678,155 @@ async def wl_subscribers(
     }
 
 
+def _job_check(s: Session, events: int, n: int) -> dict[str, Any] | None:
+    """None if the last job delivered exactly ``n`` log events (``events``) and ended
+    in success; otherwise what went wrong."""
+    term = s.terminals[-1] if s.terminals else {}
+    status = term.get("payload", {}).get("final_status")
+    if events == n and term.get("type") == "job.result" and status == "success":
+        return None
+    return {"events": events, "terminal": term.get("type"), "final_status": status}
+
+
+def _mib(kib: int) -> float:
+    return kib / 1024
+
+
+async def wl_soak(
+    url: str, token: str, proc: Proc, jobs: int = 200, n: int = 5000, ack_every: int = 1000
+) -> dict[str, Any]:
+    """``jobs`` ``chatty`` n jobs in a row on one session that acks as it goes (when
+    ``ack`` is negotiated): the runtime's RSS must level off once warm. RSS is
+    sampled after the first quarter of the jobs and at the end, each after a 1 s
+    settle (not counted in events/s)."""
+    await warm_up(url, token)
+    s = await Session.open(url, token)
+    await s.hello()
+    acking = "ack" in s.features
+    s.track_seq = True
+    s.ack_every = ack_every if acking else 0
+    warm_at = max(1, jobs // 4)
+    bad: list[dict[str, Any]] = []
+    curve: list[int] = []  # VmRSS (KiB) after each job
+    rss_warm = 0
+    settled = 0.0
+    cpu0, me0 = proc.cpu(), self_cpu()
+    t0 = time.perf_counter()
+    for i in range(jobs):
+        before = s.events
+        _, acc = s.submit("chatty", {"n": n, "kind": "log"})
+        await asyncio.wait_for(acc, 30)
+        await s.wait_terminals(i + 1, timeout=max(60.0, n / 500))
+        problem = _job_check(s, s.events - before, n)
+        if problem is not None:
+            bad.append({"job": i, **problem})
+        curve.append(proc.mem()["VmRSS"])
+        if i + 1 == warm_at:
+            t_settle = time.perf_counter()
+            await asyncio.sleep(1.0)
+            rss_warm = proc.mem()["VmRSS"]
+            settled += time.perf_counter() - t_settle
+    t1 = s.terminal_t or time.perf_counter()
+    cpu1, me1 = proc.cpu(), self_cpu()
+    await asyncio.sleep(1.0)
+    mem = proc.mem()
+    rss_end = mem["VmRSS"]
+    s.close()
+    wall = t1 - t0 - settled
+    return {
+        "metrics": {
+            "rss_growth_mib": _mib(rss_end - rss_warm),
+            "rss_warm_mib": _mib(rss_warm),
+            "rss_end_mib": _mib(rss_end),
+            "events_per_s": s.events / wall,
+            "events": s.events,
+            "cpu_us_per_event": (cpu1 - cpu0) / max(1, s.events) * 1e6,
+        },
+        "wall_s": wall,
+        "runtime_cpu_s": cpu1 - cpu0,
+        "loadgen_cpu_frac": (me1 - me0) / wall,
+        "acking": acking,
+        "acks_sent": s.acks_sent,
+        "last_seq": s.last_seq,
+        "rss_curve_mib": [round(_mib(k), 1) for k in curve],
+        "checks": {
+            "ok": not bad and len(s.terminals) == jobs and not s.errors,
+            "jobs": jobs,
+            "terminals": len(s.terminals),
+            "session_errors": [e.get("payload") for e in s.errors[:3]],
+            "bad_jobs": len(bad),
+            "first_bad": bad[0] if bad else None,
+        },
+    }
+
+
+async def wl_slow(
+    url: str,
+    token: str,
+    proc: Proc,
+    consumers: int = 20,
+    n: int = 20000,
+    burst: int = 500,
+    pause_ms: float = 20.0,
+    ack_every: int = 1000,
+) -> dict[str, Any]:
+    """``consumers`` sessions, all at once, each submit one ``chatty`` n job and read
+    it slowly: reading of the socket paused ``pause_ms`` after every ``burst`` events,
+    acks every ``ack_every`` events (when negotiated). The runtime must hold what the
+    consumers have not read yet in bounded memory."""
+    await warm_up(url, token)
+    ss = await open_sessions(url, token, consumers)
+    acking = all("ack" in s.features for s in ss)
+    for s in ss:
+        s.track_seq = True
+        s.ack_every = ack_every if acking else 0
+        s.burst = burst
+        s.pause_sec = pause_ms / 1000
+    await asyncio.sleep(0.5)
+    rss0 = proc.mem()["VmRSS"]
+    cpu0, me0 = proc.cpu(), self_cpu()
+    sent = [s.submit("chatty", {"n": n, "kind": "log"}) for s in ss]
+    t0 = sent[0][0]
+    await asyncio.wait_for(asyncio.gather(*(f for _, f in sent)), 60)
+    limit = max(120.0, consumers * n / 1000)
+    await asyncio.wait_for(asyncio.gather(*(s.wait_terminals(1, limit) for s in ss)), limit + 10)
+    t1 = max(s.terminal_t or 0.0 for s in ss)
+    cpu1, me1 = proc.cpu(), self_cpu()
+    await asyncio.sleep(1.0)
+    mem = proc.mem()
+    total = sum(s.events for s in ss)
+    pauses = sum(s.pauses for s in ss)
+    acks = sum(s.acks_sent for s in ss)
+    for s in ss:
+        s.close()
+    wall = t1 - t0
+    bad = [c for c in (_terminal_check(s, n) for s in ss) if not c["ok"]]
+    errors = [e.get("payload") for s in ss for e in s.errors]
+    return {
+        "metrics": {
+            "rss_growth_mib": _mib(mem["VmRSS"] - rss0),
+            "peak_growth_mib": _mib(mem["VmHWM"] - rss0),
+            "events_per_s": total / wall,
+            "cpu_us_per_event": (cpu1 - cpu0) / max(1, total) * 1e6,
+        },
+        "wall_s": wall,
+        "runtime_cpu_s": cpu1 - cpu0,
+        "loadgen_cpu_frac": (me1 - me0) / wall,
+        "events": total,
+        "acking": acking,
+        "acks_sent": acks,
+        "pauses": pauses,
+        "rss_kib": {"before": rss0, "end": mem["VmRSS"], "hwm": mem["VmHWM"]},
+        "checks": {
+            "ok": not bad and not errors,
+            "consumers": consumers,
+            "bad_consumers": len(bad),
+            "first_bad": bad[0] if bad else None,
+            "session_errors": errors[:3],
+        },
+    }
+
+
 def _costly_lease(seed: int = 0) -> dict[str, list[str]]:
     """The costliest lease_request the runtime's limits allow (docs/limits.md): 4,096
     characters and 256 wildcards, as classes mixed with stars (the shape that needs a
@@ -755,6 +972,8 @@ WORKLOADS: dict[str, Callable[..., Awaitable[dict[str, Any]]]] = {
     "backlog": wl_backlog,
     "echo": wl_echo,
     "subscribers": wl_subscribers,
+    "soak": wl_soak,
+    "slow": wl_slow,
 }
 
 
