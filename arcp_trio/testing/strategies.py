@@ -206,7 +206,10 @@ def _payload_strategies() -> dict[str, st.SearchStrategy[dict[str, Any]]]:
                 "accepted_at": timestamps(),
                 "capabilities": _capabilities(),
             },
-            {"resume_window_sec": st.integers(1, 86400), "heartbeat_interval_sec": st.integers(1)},
+            {
+                "resume_window_sec": st.integers(1, 86400),
+                "heartbeat_interval_sec": st.integers(1, 86400),
+            },
         ),
         MessageType.SESSION_RESUME: _obj(
             {"resume_token": _words},
