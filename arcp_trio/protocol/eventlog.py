@@ -62,16 +62,29 @@ _NO_EVENTS: deque[BufferedEvent] = deque()
 
 
 class EventBuffer:
-    """Per-session ordered buffer of stamped frames (sans-IO, synchronous)."""
+    """Per-session ordered buffer of stamped frames (sans-IO, synchronous).
 
-    def __init__(self, *, max_events: int) -> None:
+    *Held* events (``first_held_seq()`` to ``last_seq``) are the ones a resume may ask
+    for. Without a durable store every held event is in RAM. With one, RAM keeps only
+    the newest ``cache_limit`` of them (``first_cached_seq()`` on) and the store has
+    the rest (``replay_plan`` says which part to read from where); ``cache_limit`` 0
+    (a detached session) keeps none.
+    """
+
+    def __init__(self, *, max_events: int, cache_limit: int | None = None) -> None:
         if max_events < 1:
             raise ValueError("max_events must be >= 1")
+        if cache_limit is not None and cache_limit < 0:
+            raise ValueError("cache_limit must be >= 0")
         self.max_events = max_events
+        #: None: RAM is the only copy (it holds every held event).
+        self._cache_limit = max_events if cache_limit is None else min(cache_limit, max_events)
+        self.spills = cache_limit is not None
         # Shared while empty (most sessions of an idle runtime): a deque costs over
         # 600 bytes. Never mutated; ``_mutable`` swaps in a deque of our own first.
         self._events: deque[BufferedEvent] = _NO_EVENTS
         self._last_seq = 0
+        self._first_held = 1
         #: Highest seq the client acknowledged (§6.5).
         self.acked_through = 0
         #: Highest seq evicted by the cap rather than freed by an ack.
@@ -102,9 +115,13 @@ class EventBuffer:
                 f"event_seq must be gap-free: expected {self._last_seq + 1}, got {seq}"
             )
         self._last_seq = seq
-        self._mutable().append(BufferedEvent(seq, job_id, frame))
-        if len(self._events) > self.max_events:
-            self._evict(len(self._events) - self.max_events)
+        if self._cache_limit:
+            events = self._mutable()
+            events.append(BufferedEvent(seq, job_id, frame))
+            if len(events) > self._cache_limit:
+                events.popleft()  # spilled: the store has it (``spills``)
+        if seq - self._first_held >= self.max_events:
+            self._evict(seq - self._first_held + 1 - self.max_events)
 
     def _mutable(self) -> deque[BufferedEvent]:
         if self._events is _NO_EVENTS:
@@ -113,15 +130,38 @@ class EventBuffer:
 
     def _evict(self, count: int) -> None:
         for _ in range(count):
-            gone = self._events.popleft()
-            if gone.seq == self._notice_seq:
+            gone = self._first_held
+            self._first_held += 1
+            if gone == self._notice_seq:
                 self._episode_noticed = False
-            if gone.seq > self.acked_through:
-                self.evicted_through = gone.seq
+            if gone > self.acked_through:
+                self.evicted_through = gone
                 self.evicted_total += 1
                 self._evicted_since_notice += 1
                 if not self._episode_noticed:
                     self._notice_pending = True
+        self._drop_cached_through(self._first_held - 1)
+
+    def _drop_cached_through(self, seq: int) -> int:
+        events = self._events
+        dropped = 0
+        while events and events[0].seq <= seq:
+            events.popleft()
+            dropped += 1
+        return dropped
+
+    def set_cache_limit(self, limit: int) -> None:
+        """How many of the newest held events RAM keeps (spilling buffers only).
+
+        0 while the session is detached: nothing is sent from RAM then, and the store
+        has every held event.
+        """
+        if not self.spills:
+            return
+        self._cache_limit = min(limit, self.max_events)
+        events = self._events
+        while len(events) > self._cache_limit:
+            events.popleft()
 
     def defer_notice(self, notice: OverflowNotice) -> None:
         """Put a notice back: the caller could not deliver it yet."""
@@ -144,8 +184,11 @@ class EventBuffer:
         return notice
 
     def last(self) -> BufferedEvent | None:
-        """The most recently stamped event, if it is still held."""
-        return self._events[-1] if self._events else None
+        """The most recently stamped event, if RAM still holds it."""
+        events = self._events
+        if events and events[-1].seq == self._last_seq:
+            return events[-1]
+        return None
 
     @classmethod
     def restore(
@@ -155,22 +198,40 @@ class EventBuffer:
         max_events: int,
         acked_through: int,
         evicted_through: int,
+        cache_limit: int | None = None,
+        last_seq: int = 0,
+        first_stored_seq: int | None = None,
     ) -> EventBuffer:
         """Rebuild a buffer from persisted state (after a restart).
 
         ``events`` must be in seq order and gap-free among themselves; what was freed
-        before them is described by ``acked_through`` and ``evicted_through``.
+        before them is described by ``acked_through`` and ``evicted_through``. A
+        spilling buffer (``cache_limit`` given) restores from the store's bounds
+        instead (``last_seq``, ``first_stored_seq``): its events stay in the store.
+        What the store no longer has counts as evicted.
         """
-        buffer = cls(max_events=max_events)
+        buffer = cls(max_events=max_events, cache_limit=cache_limit)
         buffer.acked_through = acked_through
         buffer.evicted_through = evicted_through
         held = [e for e in events if e.seq > max(acked_through, evicted_through)]
         for before, after in itertools.pairwise(held):
             if after.seq != before.seq + 1:
                 raise ValueError(f"persisted events have a gap: {before.seq} -> {after.seq}")
-        buffer._mutable().extend(held)
-        last = held[-1].seq if held else 0
-        buffer._last_seq = max(last, acked_through, evicted_through)
+        last = max(held[-1].seq if held else 0, last_seq, acked_through, evicted_through)
+        buffer._last_seq = last
+        first = max(acked_through, evicted_through) + 1
+        if held:
+            first = max(first, held[0].seq)
+        elif first_stored_seq is not None:
+            first = max(first, first_stored_seq)
+        elif cache_limit is not None:
+            first = last + 1  # nothing stored: nothing held
+        first = max(first, last - max_events + 1)
+        if first - 1 > max(acked_through, evicted_through):
+            buffer.evicted_through = first - 1
+        buffer._first_held = first
+        if held and buffer._cache_limit:
+            buffer._mutable().extend(held[-buffer._cache_limit :])
         return buffer
 
     # -- ack and replay ---------------------------------------------------------------
@@ -190,14 +251,18 @@ class EventBuffer:
         if last_processed_seq > self.acked_through:
             self.acked_through = last_processed_seq
             self._episode_noticed = False
-            events = self._events
-            while events and events[0].seq <= last_processed_seq:
-                events.popleft()
-                freed += 1
+            if last_processed_seq >= self._first_held:
+                freed = last_processed_seq - self._first_held + 1
+                self._first_held = last_processed_seq + 1
+                self._drop_cached_through(last_processed_seq)
         return freed
 
     def first_held_seq(self) -> int:
-        """The lowest seq still held (``last_seq + 1`` when empty)."""
+        """The lowest seq still held (``last_seq + 1`` when none is)."""
+        return self._first_held
+
+    def first_cached_seq(self) -> int:
+        """The lowest seq RAM holds (``last_seq + 1`` when it holds none)."""
         return self._events[0].seq if self._events else self._last_seq + 1
 
     def check_covers(self, last_event_seq: int) -> None:
@@ -212,25 +277,43 @@ class EventBuffer:
                 f"last_event_seq {last_event_seq} is beyond the last event_seq {self._last_seq} "
                 "of this session"
             )
-        if last_event_seq + 1 < self.first_held_seq():
+        if last_event_seq + 1 < self._first_held:
             raise ResumeWindowExpired(
-                f"events {last_event_seq + 1}..{self.first_held_seq() - 1} are no longer buffered "
+                f"events {last_event_seq + 1}..{self._first_held - 1} are no longer buffered "
                 f"(acknowledged through {self.acked_through}, evicted through "
                 f"{self.evicted_through})"
             )
 
+    def cached_after(self, last_event_seq: int) -> list[BufferedEvent] | None:
+        """Every held event with ``seq > last_event_seq`` if RAM has them all, else
+        None (read the store first: ``first_cached_seq()``)."""
+        if last_event_seq + 1 < self.first_cached_seq():
+            return None
+        start = last_event_seq + 1 - self.first_cached_seq()
+        return list(itertools.islice(self._events, max(start, 0), None))
+
     def replay_after(self, last_event_seq: int) -> list[BufferedEvent]:
-        """Every held event with ``seq > last_event_seq``, in order (§6.3).
+        """Every held event with ``seq > last_event_seq``, in order (§6.3), from RAM.
 
         Raises:
             ResumeWindowExpired, InvalidRequest: see ``check_covers``.
+            LookupError: some of them are only in the store (a spilling buffer).
         """
         self.check_covers(last_event_seq)
-        start = last_event_seq + 1 - self.first_held_seq()
-        return list(itertools.islice(self._events, max(start, 0), None))
+        cached = self.cached_after(last_event_seq)
+        if cached is None:
+            raise LookupError(f"events after {last_event_seq} are partly in the store")
+        return cached
 
-    def __len__(self) -> int:
+    @property
+    def cached(self) -> int:
+        """How many events RAM holds."""
         return len(self._events)
 
+    def __len__(self) -> int:
+        """How many events are held (in RAM or, for a spilling buffer, the store)."""
+        return self._last_seq - self._first_held + 1
+
     def __iter__(self) -> Iterator[BufferedEvent]:
+        """The events RAM holds, in order."""
         return iter(self._events)

@@ -183,7 +183,14 @@ class JobRecord:
     status: JobStatus = JobStatus.PENDING
     terminal: Terminal | None = None
     history_limit: int = 10_000
-    history: deque[HistoryEntry] = attrs.field(init=False)
+    #: The job's newest events in RAM. Without ``history_spills`` it is the only copy;
+    #: with it the store has every held event and RAM keeps at most
+    #: ``history_cache_limit`` (none once the job has ended: see ``drop_cached``).
+    history: deque[HistoryEntry] = attrs.field(init=False, factory=deque)
+    history_spills: bool = False
+    history_cache_limit: int | None = None
+    #: The lowest event number still held (in RAM or the store); older ones are gone.
+    history_start: int = 1
     last_event_index: int = 0
     #: Sessions that receive this job's events (the submitter and subscribers).
     watchers: set[str] = attrs.field(factory=set)
@@ -191,9 +198,6 @@ class JobRecord:
     terminal_frame_id: str | None = None
     #: Provisioned credentials (§9.8, wire shape). Secret: memory and ledger only.
     credentials: list[dict[str, Any]] = attrs.field(factory=list, repr=False)
-
-    def __attrs_post_init__(self) -> None:
-        self.history = deque(maxlen=self.history_limit)
 
     @property
     def agent(self) -> str:
@@ -221,17 +225,46 @@ class JobRecord:
         self.terminal = terminal
 
     def record_event(self, frame_id: str, kind: str, payload_json: str) -> HistoryEntry:
-        self.last_event_index += 1
-        entry = HistoryEntry(self.last_event_index, frame_id, kind, payload_json)
-        self.history.append(entry)
+        """Number one event and keep it (the oldest held goes past ``history_limit``)."""
+        number = self.last_event_index = self.last_event_index + 1
+        entry = HistoryEntry(number, frame_id, kind, payload_json)
+        history = self.history
+        history.append(entry)
+        if number - self.history_start >= self.history_limit:
+            self.history_start = number - self.history_limit + 1
+            while history and history[0].number < self.history_start:
+                history.popleft()
+        limit = self.history_cache_limit
+        if limit is not None and len(history) > limit:
+            self.drop_cached(len(history) - limit)
         return entry
 
-    def history_after(self, index: int) -> tuple[list[HistoryEntry], int]:
-        """Held events numbered above ``index``, and how many older ones were dropped."""
-        entries = [entry for entry in self.history if entry.number > index]
-        first_held = self.history[0].number if self.history else self.last_event_index + 1
-        missing = max(0, first_held - index - 1)
-        return entries, missing
+    def drop_cached(self, count: int) -> int:
+        """Let RAM forget the ``count`` oldest cached events; returns how many went.
+
+        A spilling history still holds them (the store has them); otherwise they are
+        gone, and ``history_start`` says so.
+        """
+        history = self.history
+        count = min(count, len(history))
+        for _ in range(count):
+            history.popleft()
+        if count and not self.history_spills:
+            self.history_start = history[0].number if history else self.last_event_index + 1
+        return count
+
+    def first_cached_index(self) -> int:
+        """The lowest event number RAM holds (``last_event_index + 1`` when none)."""
+        return self.history[0].number if self.history else self.last_event_index + 1
+
+    def history_after(self, index: int) -> tuple[list[HistoryEntry], int] | None:
+        """Held events numbered above ``index`` and how many older ones were dropped,
+        or None when some of them are only in the store (read those first)."""
+        start = max(index + 1, self.history_start)
+        if start < self.first_cached_index():
+            return None
+        entries = [entry for entry in self.history if entry.number >= start]
+        return entries, start - index - 1
 
     def budget_wire(self, dialect: Dialect) -> dict[str, Any] | None:
         if self.budget is None:

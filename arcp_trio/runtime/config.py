@@ -49,6 +49,13 @@ class RuntimeConfig:
         max_buffered_events: per-session cap on unacknowledged events; beyond it the
             oldest are evicted and the client is told (§6.5).
         job_history_limit: events kept per job for subscribe-with-history (§7.6).
+        event_cache_events: with a durable store, how many of the newest events RAM
+            keeps per attached session and per running job; the store has them all,
+            and resumes and subscribes read older ones back a page at a time. A
+            detached session and a finished job keep none in RAM.
+        history_memory_events: job-history events RAM holds across all jobs. Without
+            a durable store RAM is the only copy, so past this the oldest are dropped
+            (a subscribe says how many with ``history_missing``).
         backpressure_high_water: frames queued on a live connection before emitting
             agents wait for the writer to catch up.
         max_message_size: largest inbound frame, in bytes.
@@ -70,6 +77,8 @@ class RuntimeConfig:
     resume_window_sec: int = attrs.field(default=600, validator=_positive)
     max_buffered_events: int = attrs.field(default=100_000, validator=_positive)
     job_history_limit: int = attrs.field(default=100_000, validator=_positive)
+    event_cache_events: int = attrs.field(default=1024, validator=_positive)
+    history_memory_events: int = attrs.field(default=200_000, validator=_positive)
     backpressure_high_water: int = attrs.field(default=1024, validator=_positive)
     max_message_size: int = attrs.field(default=_MIB, validator=_positive)
     result_chunk_bytes: int = attrs.field(default=256 * 1024, validator=_at_most_mib)

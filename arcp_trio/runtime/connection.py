@@ -109,6 +109,7 @@ class Connection:
         "_timers",
         "_welcome_answered",
         "_writer_active",
+        "catch_up",
         "close_reason",
         "monitor",
         "outbox",
@@ -156,6 +157,9 @@ class Connection:
         self._running = False
         self._writer_active = False
         self._heartbeat: Timer | None = None
+        #: Run once, before the first frame is read: a resume's replay from the store
+        #: (its pages wait for the writer, so RAM holds a page, not the whole gap).
+        self.catch_up: Callable[[], Awaitable[None]] | None = None
         self.close_reason = ""
         #: The resume token (hashed) this connection's welcome carried, and whether the
         #: client has answered it (see ``Session.confirm_token``).
@@ -306,6 +310,9 @@ class Connection:
                 # The welcome (and any replay) was queued before we started.
                 self._start_writer()
             try:
+                catch_up, self.catch_up = self.catch_up, None
+                if catch_up is not None:
+                    await self._guard(catch_up, "replay")
                 await self._guard(self._receive_loop, "receive")
             finally:
                 # No nursery from here: a frame queued now (by a job task, which must
@@ -322,6 +329,7 @@ class Connection:
         """Whether the task has something to do (else the transport will wake it)."""
         return (
             self.closed
+            or self.catch_up is not None
             or bool(self.outbox.frames)
             or self.outbox.stopping
             or self._write_pending

@@ -55,7 +55,13 @@ def job_to_row(job: JobRecord) -> dict[str, Any]:
     }
 
 
-def job_from_row(row: dict[str, Any], *, history_limit: int) -> JobRecord:
+def job_from_row(
+    row: dict[str, Any],
+    *,
+    history_limit: int,
+    history_spills: bool = False,
+    history_cache_limit: int | None = None,
+) -> JobRecord:
     lease = Lease(grants={ns: tuple(p) for ns, p in row["lease"].items()})
     if row.get("expires_at"):
         lease = attrs.evolve(lease, expires_at=parse_timestamp(row["expires_at"]))
@@ -89,6 +95,8 @@ def job_from_row(row: dict[str, Any], *, history_limit: int) -> JobRecord:
         status=JobStatus(row["status"]),
         terminal=terminal,
         history_limit=history_limit,
+        history_spills=history_spills,
+        history_cache_limit=history_cache_limit,
         terminal_frame_id=row.get("terminal_frame_id"),
     )
 

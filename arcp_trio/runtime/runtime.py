@@ -30,14 +30,15 @@ import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager, suppress
 from datetime import timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
 
 from .._scopes import open_owner_nursery
-from ..protocol.eventlog import BufferedEvent, EventBuffer, OverflowNotice
-from ..protocol.job import HistoryEntry, JobRecord, JobStatus, JobTable, Terminal, fingerprint
+from ..protocol.eventlog import EventBuffer, OverflowNotice
+from ..protocol.job import JobRecord, JobStatus, JobTable, Terminal, fingerprint
 from ..protocol.leases import Budget, Lease, check_subset, child_lease, parse_lease
 from ..protocol.session import (
     ALL_FEATURES,
@@ -132,7 +133,12 @@ class RuntimeStatistics:
     attached_sessions: int
     jobs_total: int
     jobs_active: int
+    #: Events sessions hold for resume (in RAM, or in the store with a durable one).
     buffered_events: int
+    #: Of those, how many RAM holds (all of them without a durable store).
+    cached_events: int
+    #: Job-history events RAM holds, across all jobs (``history_memory_events``).
+    cached_history_events: int
 
 
 @attrs.define(eq=False)
@@ -173,6 +179,9 @@ _REVOKE_ATTEMPTS = 8
 
 #: Events an agent may emit between two scheduling points (see ``_emit``).
 _EMITS_PER_YIELD = 32
+
+#: Events read from the store at a time (a resume's replay, a subscribe's history).
+_PAGE = 512
 
 
 def same_principal(principal: str, job: JobRecord) -> bool:
@@ -230,6 +239,13 @@ class Runtime:
         #: started by ``open_runtime``). A ping may go out one granularity early.
         self._timers = Timers(granularity=min(1.0, config.heartbeat_interval_sec / 20))
         self.jobs = JobTable()
+        #: With a durable store: the newest events RAM keeps per attached session and
+        #: per running job (None: RAM is the only copy, bounded by the caps).
+        self._cache: int | None = config.event_cache_events if store.durable else None
+        #: Jobs whose history RAM holds events of, oldest first, and how many in all
+        #: (at most ``history_memory_events``: ``_shed_history``).
+        self._history_ram: dict[str, JobRecord] = {}
+        self._history_ram_total = 0
         self._live: dict[str, _LiveJob] = {}
         self._sessions: dict[str, Session] = {}
         self._connections: set[Connection] = set()
@@ -267,6 +283,8 @@ class Runtime:
             jobs_total=len(self.jobs),
             jobs_active=sum(1 for live in self._live.values() if not live.done.is_set()),
             buffered_events=sum(len(s.buffer) for s in self._sessions.values()),
+            cached_events=sum(s.buffer.cached for s in self._sessions.values()),
+            cached_history_events=self._history_ram_total,
         )
 
     def session(self, session_id: str) -> Session | None:
@@ -427,7 +445,7 @@ class Runtime:
             principal=principal,
             features=features,
             dialect=Dialect.for_features(features),
-            buffer=EventBuffer(max_events=self.config.max_buffered_events),
+            buffer=EventBuffer(max_events=self.config.max_buffered_events, cache_limit=self._cache),
             window=ResumeWindow(window_sec=self.config.resume_window_sec),
             client_name=hello.client.name,
         )
@@ -494,7 +512,9 @@ class Runtime:
             self._forget(session)
             raise ResumeWindowExpired("the session's resume window has ended")
         # §6.3: RESUME_WINDOW_EXPIRED "if the buffer no longer covers last_event_seq".
-        replay = session.buffer.replay_after(request.last_event_seq)
+        after = request.last_event_seq
+        session.buffer.check_covers(after)
+        cached = session.buffer.cached_after(after)
         session.presented(hash_token(token))  # accepted: older tokens retire
         if session.connection is not None:
             # The old connection is half-open or slow to notice; the token holder wins.
@@ -505,10 +525,49 @@ class Runtime:
         log.info(
             "session resumed session_id=%s last_event_seq=%s replay=%s",
             session.session_id,
-            request.last_event_seq,
-            len(replay),
+            after,
+            session.buffer.last_seq - after,
         )
-        return self._attach(transport, session, replay=[event.frame for event in replay])
+        if cached is not None:
+            return self._attach(transport, session, replay=[event.frame for event in cached])
+        # Part of the gap is only in the store: the connection reads it a page at a
+        # time before its first frame, and sends what arrives meanwhile after it.
+        connection = self._attach(transport, session, replay=[])
+        session.catching_up = True
+        connection.catch_up = partial(self._catch_up, connection, after)
+        return connection
+
+    async def _catch_up(self, connection: Connection, after: int) -> None:
+        """Send a resumed session the events after ``after``, from the store then RAM.
+
+        Ends synchronously with the RAM part and ``catching_up = False``, so the
+        next event goes straight to the connection, after all of these (§6.3).
+        """
+        session = connection.session
+        buffer = session.buffer
+        try:
+            for _ in range(buffer.max_events // _PAGE + _PAGE):
+                # Evicted or acknowledged meanwhile: the stream's own overflow notice
+                # says so (§6.5), as it would have live.
+                after = max(after, buffer.first_held_seq() - 1)
+                cached = buffer.cached_after(after)
+                if cached is not None:
+                    for event in cached:
+                        connection.enqueue(event.frame)
+                    return
+                upto = buffer.first_cached_seq() - 1
+                page = await self._store.read_events(
+                    session.session_id, after, min(_PAGE, upto - after)
+                )
+                if not page or page[0].seq != after + 1:
+                    raise StoreError(f"session events after {after} are missing from the store")
+                for stored in page:
+                    connection.enqueue(stored.frame)
+                after = page[-1].seq
+                await connection.wait_writable()
+            raise InternalError("the replay could not catch up with the session's events")
+        finally:
+            session.catching_up = False
 
     def _attach(self, transport: Transport, session: Session, *, replay: list[str]) -> Connection:
         """Welcome, replay and go live, with no checkpoint in between (no gap, no dup)."""
@@ -552,6 +611,8 @@ class Runtime:
             connection.enqueue(frame)
         session.connection = connection
         session.window.attach()
+        if self._cache is not None:
+            session.buffer.set_cache_limit(self._cache)
         return connection
 
     def _ping_timestamp(self, now: float) -> str:
@@ -570,6 +631,9 @@ class Runtime:
         if session.connection is not connection:
             return
         session.connection = None
+        session.catching_up = False
+        # Detached: the store has its events, RAM keeps none (a durable store only).
+        session.buffer.set_cache_limit(0)
         now = trio.current_time()
         session.window.detach(now)
         session.detach_generation += 1
@@ -776,7 +840,7 @@ class Runtime:
             created_at=now,
             accepted_at=format_timestamp(now),
             idempotency_key=submit.idempotency_key,
-            history_limit=self.config.job_history_limit,
+            **self._history_settings(),
         )
         live = _LiveJob()
         if submit.max_runtime_sec is not None:
@@ -931,7 +995,7 @@ class Runtime:
 
     # -- subscribe (§7.6) -------------------------------------------------------------------
 
-    def _on_subscribe(self, connection: Connection, envelope: Envelope) -> None:
+    async def _on_subscribe(self, connection: Connection, envelope: Envelope) -> None:
         session = connection.session
         self._require(session, "subscribe")
         request: JobSubscribe = envelope.payload
@@ -944,10 +1008,12 @@ class Runtime:
             job.principal,
         )
         already = session.session_id in job.watchers
-        entries: list[HistoryEntry] = []
-        missing = 0
-        if request.history and not already:
-            entries, missing = job.history_after(request.from_event_seq or 0)
+        replay = bool(request.history) and not already
+        after = request.from_event_seq or 0
+        # The history replayed: what is held of (after, last_event_index] now. What the
+        # job emits while it is sent is live (after ``subscribed_from``).
+        start = max(after + 1, job.history_start)
+        count = max(0, job.last_event_index - start + 1) if replay else 0
         payload = unstructure_payload(
             JobSubscribed(
                 request_id=envelope.id,
@@ -960,28 +1026,60 @@ class Runtime:
                 parent_job_id=job.parent_job_id,
                 trace_id=job.trace_id,
                 subscribed_from=job.last_event_index,
-                replayed=(bool(entries) if session.dialect is Dialect.SPEC else len(entries)),
+                replayed=(count > 0 if session.dialect is Dialect.SPEC else count),
             )
         )
-        if missing:
+        if replay and start - after - 1 > 0:
             # Never a silent gap: say how much history is no longer held.
-            payload["history_missing"] = missing
+            payload["history_missing"] = start - after - 1
         if job.credentials and session.principal == job.principal:
             # §7.6/§14: included solely for the original submitter.
             payload["credentials"] = list(job.credentials)
         connection.reply(MessageType.JOB_SUBSCRIBED, payload, job_id=job.job_id)
         if already:
             return
-        for entry in entries:
-            self._deliver_one(
-                session, job, MessageType.JOB_EVENT, entry.frame_id, entry.payload_json
-            )
+        if replay:
+            await self._replay_history(connection, job, start - 1)
+        # No checkpoint from the last replayed event to here: the history→live
+        # boundary is exactly-once (§7.6).
         if job.terminal is not None:
             self._deliver_terminal(session, job)
         else:
             job.watchers.add(session.session_id)
             session.subscribed.add(job.job_id)
             self._save_session(session)
+
+    async def _replay_history(self, connection: Connection, job: JobRecord, after: int) -> None:
+        """Deliver the job's held events numbered above ``after`` to the session.
+
+        Pages the store has are read and sent one at a time, each waiting for the
+        connection's writer; it returns (without a checkpoint) once it has sent the
+        part RAM holds.
+
+        Raises:
+            StoreError: the store lost events it should have.
+        """
+        session = connection.session
+        for _ in range(job.history_limit // _PAGE + _PAGE):
+            after = max(after, job.history_start - 1)
+            window = job.history_after(after)
+            if window is not None:
+                for entry in window[0]:
+                    self._deliver_one(
+                        session, job, MessageType.JOB_EVENT, entry.frame_id, entry.payload_json
+                    )
+                return
+            upto = job.first_cached_index() - 1
+            page = await self._store.read_history(job.job_id, after, min(_PAGE, upto - after))
+            if not page or page[0].number != after + 1:
+                raise StoreError(f"job history after {after} is missing from the store")
+            for stored in page:
+                self._deliver_one(
+                    session, job, MessageType.JOB_EVENT, stored.frame_id, stored.payload_json
+                )
+            after = page[-1].number
+            await connection.wait_writable()
+        raise InternalError("the history replay could not catch up with the job")
 
     def _on_unsubscribe(self, connection: Connection, envelope: Envelope) -> None:
         request: JobUnsubscribe = envelope.payload
@@ -1099,6 +1197,8 @@ class Runtime:
             live.expiry_timer = None
         live.done.set()
         self._live.pop(job.job_id, None)
+        if job.history_spills:
+            self._uncache_history(job)  # the store has it; RAM keeps running jobs' only
         parent = self.jobs.get(job.parent_job_id) if job.parent_job_id else None
         if (
             parent is not None
@@ -1166,24 +1266,21 @@ class Runtime:
         payload_json: str,
     ) -> OverflowNotice | None:
         """``Session.deliver``, plus the store: the stamped frame outlives a crash."""
-        notice = session.deliver(
+        frame = session.deliver(
             message_type,
             job_id=job.job_id,
             trace_id=job.trace_id,
             frame_id=frame_id,
             payload_json=payload_json,
         )
+        buffer = session.buffer
         if self._store.durable:
-            buffer = session.buffer
-            stamped = buffer.last()
-            if stamped is not None:
-                self._store.append_event(
-                    session.session_id, stamped.seq, stamped.job_id, stamped.frame
-                )
-            if len(buffer) >= buffer.max_events and stamped is not None and stamped.seq % 1024 == 0:
-                # At the cap the oldest events are evicted in memory; keep the file bounded.
+            seq = buffer.last_seq
+            self._store.append_event(session.session_id, seq, job.job_id, frame)
+            if seq % 1024 == 0 and len(buffer) >= buffer.max_events:
+                # At the cap the oldest events are evicted; keep the file bounded.
                 self._store.trim_events(session.session_id, buffer.first_held_seq() - 1)
-        return notice
+        return buffer.take_overflow_notice()
 
     def _notify_overflow(self, session: Session, job: JobRecord, notice: OverflowNotice) -> None:
         """§6.5 back-pressure signal: the buffer cap evicted unacknowledged events."""
@@ -1225,7 +1322,9 @@ class Runtime:
             live.emits_since_yield = 0
         elif live.emits_since_yield >= _EMITS_PER_YIELD:
             live.emits_since_yield = 0
-            await trio.lowlevel.checkpoint()
+            # Write-behind is bounded too: past the store's bound the writer catches up
+            # before more is queued (looked at once a batch: a bound, not a cliff).
+            await self._store.wait_writable()
         else:
             # A cancellation point on every emit; a full scheduling point only every
             # few, so a chatty agent pays one scheduler pass per batch, not per event,
@@ -1238,7 +1337,14 @@ class Runtime:
         """Record one event in the job's history and stamp it into every watcher."""
         frame_id = new_frame_id()
         payload_json = dumps({"kind": kind, "ts": self._timestamp(), "body": body})
+        history = job.history
+        before = len(history)
         entry = job.record_event(frame_id, kind, payload_json)
+        if not before:
+            self._history_ram[job.job_id] = job
+        self._history_ram_total += len(history) - before
+        if self._history_ram_total > self.config.history_memory_events:
+            self._shed_history()
         if self._store.durable:
             self._store.append_history(job.job_id, entry.number, frame_id, kind, payload_json)
             if entry.number > job.history_limit and entry.number % 1024 == 0:
@@ -1246,6 +1352,32 @@ class Runtime:
                 self._store.trim_history(job.job_id, entry.number - job.history_limit)
         for session in self._watching_sessions(job):
             self._deliver_one(session, job, MessageType.JOB_EVENT, frame_id, payload_json)
+
+    def _history_settings(self) -> dict[str, Any]:
+        """How a new job keeps its history (see ``RuntimeConfig.event_cache_events``)."""
+        return {
+            "history_limit": self.config.job_history_limit,
+            "history_spills": self._store.durable,
+            "history_cache_limit": self._cache,
+        }
+
+    def _shed_history(self) -> None:
+        """Over ``history_memory_events``: RAM lets go of the oldest jobs' oldest events
+        (down to 15/16 of the cap, so this runs once per many events). With a durable
+        store the store still has them; without one they are gone, and a subscribe
+        says so (``history_missing``)."""
+        cap = self.config.history_memory_events
+        target = cap - cap // 16
+        ram = self._history_ram
+        while self._history_ram_total > target and ram:
+            job = next(iter(ram.values()))
+            self._history_ram_total -= job.drop_cached(self._history_ram_total - target)
+            if not job.history:
+                del ram[job.job_id]
+
+    def _uncache_history(self, job: JobRecord) -> None:
+        self._history_ram_total -= job.drop_cached(len(job.history))
+        self._history_ram.pop(job.job_id, None)
 
     async def _janitor(self) -> None:
         """Retention: forget finished jobs older than ``job_retention_sec``."""
@@ -1265,6 +1397,8 @@ class Runtime:
         ]
         for job in expired:
             self.jobs.remove(job)
+            self._history_ram_total -= len(job.history)
+            self._history_ram.pop(job.job_id, None)
             self._store.delete_job(job.job_id)
             if job.idempotency_key is not None:
                 self._store.delete_idempotency(job.principal, job.idempotency_key)
@@ -1373,22 +1507,15 @@ class Runtime:
         that resumes receives the missing events and that terminal.
         """
         for row in recovered.jobs:
-            self.jobs.restore(job_from_row(row, history_limit=self.config.job_history_limit))
+            job = job_from_row(row, **self._history_settings())
+            # Its history stays in the store; RAM knows only where it starts and ends.
+            low, high = recovered.history_bounds.get(job.job_id, (1, 0))
+            job.last_event_index = high
+            job.history_start = max(low, high - job.history_limit + 1)
+            self.jobs.restore(job)
         for principal, key, print_, job_id in recovered.idempotency:
             if self.jobs.get(job_id) is not None:
                 self.jobs.restore_idempotency(principal, key, print_, job_id)
-        for entry in recovered.history:
-            job = self.jobs.get(entry.job_id)
-            if job is not None:
-                job.history.append(
-                    HistoryEntry(entry.number, entry.frame_id, entry.kind, entry.payload_json)
-                )
-                job.last_event_index = max(job.last_event_index, entry.number)
-        events: dict[str, list[BufferedEvent]] = {}
-        for event in recovered.events:
-            events.setdefault(event.session_id, []).append(
-                BufferedEvent(event.seq, event.job_id, event.frame)
-            )
         now = trio.current_time()
         for saved in recovered.sessions:
             session = Session(
@@ -1396,11 +1523,15 @@ class Runtime:
                 principal=saved.principal,
                 features=frozenset(saved.features),
                 dialect=Dialect(saved.dialect),
+                # Detached, so RAM holds none of its events: the store has them.
                 buffer=EventBuffer.restore(
-                    events.get(saved.session_id, []),
+                    [],
                     max_events=self.config.max_buffered_events,
                     acked_through=saved.acked_through,
                     evicted_through=saved.evicted_through,
+                    cache_limit=0,
+                    last_seq=recovered.event_bounds.get(saved.session_id, (0, 0))[1],
+                    first_stored_seq=recovered.event_bounds.get(saved.session_id, (None, 0))[0],
                 ),
                 window=ResumeWindow(window_sec=self.config.resume_window_sec),
                 token_hash=saved.token_hash,
@@ -1411,9 +1542,9 @@ class Runtime:
             )
             self._sessions[session.session_id] = session
             for job_id in session.watching:
-                job = self.jobs.get(job_id)
-                if job is not None:
-                    job.watchers.add(session.session_id)
+                watched = self.jobs.get(job_id)
+                if watched is not None:
+                    watched.watchers.add(session.session_id)
             # Detached since the restart: resumable for a whole window from now.
             session.window.detach(now)
             session.detach_generation += 1
@@ -1444,7 +1575,7 @@ class Runtime:
             len(recovered.jobs),
             len(interrupted),
             len(recovered.sessions),
-            len(recovered.events),
+            sum(high - low + 1 for low, high in recovered.event_bounds.values()),
         )
 
     def _end_job(self, job_id: str, code: str, message: str) -> None:
@@ -1533,7 +1664,7 @@ class Runtime:
             delegate_id=None,
             created_at=now,
             accepted_at=format_timestamp(now),
-            history_limit=self.config.job_history_limit,
+            **self._history_settings(),
         )
         self.jobs.add(child)
         self._store.save_job(job_to_row(child))

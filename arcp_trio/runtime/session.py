@@ -7,8 +7,10 @@ scope, so nothing it does can end a job.
 
 ``deliver`` is the per-session half of the flow of one event: stamp the next
 ``event_seq``, keep the frame in the buffer for resume, and hand it to the
-attached connection's outbox if there is one. It is synchronous, so the order in
-which the runtime routes events is the order every session sees them.
+attached connection's outbox if there is one (and it is not still catching up on
+a replay read from the store, which ends by sending what arrived meanwhile). It
+is synchronous, so the order in which the runtime routes events is the order
+every session sees them.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from ..wire.codec import encode_job_frame
 from ..wire.ids import new_id
 
 if TYPE_CHECKING:
-    from ..protocol.eventlog import EventBuffer, OverflowNotice
+    from ..protocol.eventlog import EventBuffer
     from ..protocol.session import Dialect, ResumeWindow
     from ..wire.messages import MessageType
     from .connection import Connection
@@ -64,6 +66,9 @@ class Session:
     #: Bumped on every detach, so a stale window timer can tell it is stale.
     detach_generation: int = 0
     forgotten: bool = False
+    #: The attached connection is still being sent a replay read from the store: new
+    #: frames wait in the buffer, and the replay sends them when it catches up.
+    catching_up: bool = False
 
     def rotate_token(self) -> str:
         """§6.3: "The resume token rotates on every successful welcome"."""
@@ -112,11 +117,12 @@ class Session:
         trace_id: str | None,
         frame_id: str,
         payload_json: str,
-    ) -> OverflowNotice | None:
+    ) -> str:
         """Stamp, buffer and (if attached) queue one seq-bearing frame (§8.3).
 
-        Returns the buffer's overflow notice when this append evicted events the
-        client had not acknowledged, so the caller can tell the client (§6.5).
+        Returns the frame as stamped. The buffer may have evicted events the client
+        had not acknowledged: the caller asks it (``take_overflow_notice``) and tells
+        the client (§6.5).
         """
         buffer = self.buffer
         seq = buffer.next_seq()
@@ -131,6 +137,6 @@ class Session:
         )
         buffer.append(seq, job_id, frame)
         connection = self.connection
-        if connection is not None:
+        if connection is not None and not self.catching_up:
             connection.enqueue(frame)
-        return buffer.take_overflow_notice()
+        return frame

@@ -4,8 +4,12 @@ The runtime's own structures stay the source of truth while it runs; a ``Store``
 is told about every change (synchronously, so handlers stay atomic) and makes
 them durable in the background. ``flush()`` waits until everything told so far is
 durable — the runtime awaits it before acknowledging what must not be lost
-(``job.accepted``). ``load()`` returns everything needed to restart: jobs,
-idempotency records, sessions and their event buffers, job histories.
+(``job.accepted``). ``load()`` returns what a restart needs in RAM: jobs,
+idempotency records, sessions, credentials, and the *bounds* of every session's
+stream and job's history. The events themselves stay in the store: a durable store
+is also where the runtime reads session streams and job histories back, a page at
+a time (``read_events``, ``read_history``), so RAM holds only a bounded cache of
+them (docs/architecture.md).
 
 Two implementations: ``MemoryStore`` (nothing survives the process; ``flush`` is
 immediate) and ``SQLiteStore`` (``store/sqlite.py``).
@@ -80,8 +84,10 @@ class Recovered:
     jobs: list[dict[str, Any]] = attrs.field(factory=list)
     idempotency: list[tuple[str, str, str, str]] = attrs.field(factory=list)
     sessions: list[SessionRow] = attrs.field(factory=list)
-    events: list[StoredEvent] = attrs.field(factory=list)
-    history: list[StoredHistoryEntry] = attrs.field(factory=list)
+    #: ``session_id -> (lowest, highest)`` seq stored of each session's stream.
+    event_bounds: dict[str, tuple[int, int]] = attrs.field(factory=dict)
+    #: ``job_id -> (lowest, highest)`` event number stored of each job's history.
+    history_bounds: dict[str, tuple[int, int]] = attrs.field(factory=dict)
     #: Credentials not yet revoked: (credential_id, job_id, state, data).
     credentials: list[tuple[str, str, str, dict[str, Any]]] = attrs.field(factory=list)
 
@@ -125,8 +131,34 @@ class Store(Protocol):
         """The revocation ledger: ``state`` is live, revoking, revoked or failed."""
         ...
 
+    async def read_events(self, session_id: str, after: int, limit: int) -> list[StoredEvent]:
+        """Up to ``limit`` stored events of the session with ``seq > after``, in order.
+
+        Everything queued before the call is included (it waits for the writer). A
+        store that is not ``durable`` keeps no events and returns none.
+        """
+        ...
+
+    async def read_history(self, job_id: str, after: int, limit: int) -> list[StoredHistoryEntry]:
+        """Up to ``limit`` stored history entries of the job numbered above ``after``,
+        in order (as ``read_events``)."""
+        ...
+
     def position(self) -> int:
         """How many writes have been queued so far (pass to ``flush(since=...)``)."""
+        ...
+
+    @property
+    def congested(self) -> bool:
+        """The writer is far behind: queued writes exceed the store's bound.
+
+        Write-behind holds what is queued in RAM, so producers (emitting agents) wait
+        on ``wait_writable`` rather than grow the queue without end.
+        """
+        ...
+
+    async def wait_writable(self) -> None:
+        """Wait until the store is no longer ``congested``; always a scheduling point."""
         ...
 
     async def flush(self, since: int = 0) -> None:
@@ -189,8 +221,21 @@ class MemoryStore:
     ) -> None:
         pass
 
+    async def read_events(self, session_id: str, after: int, limit: int) -> list[StoredEvent]:
+        await trio.lowlevel.checkpoint()
+        return []
+
+    async def read_history(self, job_id: str, after: int, limit: int) -> list[StoredHistoryEntry]:
+        await trio.lowlevel.checkpoint()
+        return []
+
     def position(self) -> int:
         return 0
+
+    congested = False
+
+    async def wait_writable(self) -> None:
+        await trio.lowlevel.checkpoint()
 
     async def flush(self, since: int = 0) -> None:
         await trio.lowlevel.checkpoint()

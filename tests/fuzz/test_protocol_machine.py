@@ -369,7 +369,9 @@ class ProtocolMachine(RuleBasedStateMachine):
         self._step()
         session = self._session(index)
         job = self._job(job_index)
-        entries, missing = job.record.history_after(after)
+        window = job.record.history_after(after)
+        assert window is not None  # RAM is the only copy here
+        entries, missing = window
         held = list(range(max(1, job.events - self.history_limit + 1), job.events + 1))
         assert [entry.number for entry in entries] == [i for i in held if i > after]
         first_held = held[0] if held else job.events + 1

@@ -163,3 +163,105 @@ def test_buffers_start_empty_and_never_share_what_they_hold() -> None:
     b.append(b.next_seq(), "job_2", "frame-b")
     assert [e.frame for e in a] == ["frame-a"]
     assert [e.frame for e in b] == ["frame-b"]
+
+
+# -- spilling buffers (a durable store has every held event; RAM keeps the newest) -----
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("emit"), st.integers(1, 6)),
+            st.tuples(st.just("ack"), st.integers(0, 60)),
+            st.tuples(st.just("detach"), st.just(0)),
+            st.tuples(st.just("attach"), st.just(0)),
+        ),
+        max_size=40,
+    ),
+    st.integers(1, 12),
+    st.integers(0, 5),
+)
+def test_a_spilling_buffer_holds_what_an_unbounded_one_does(
+    program: list[tuple[str, int]], cap: int, cache: int
+) -> None:
+    """Same held range, same notices, same answers to a resume; RAM only ever keeps a
+    contiguous tail of at most ``cache`` events, and the store (here: a dict of what
+    was appended) has the rest."""
+    whole = EventBuffer(max_events=cap)
+    spilling = EventBuffer(max_events=cap, cache_limit=cache)
+    stored: dict[int, str] = {}
+    for op, arg in program:
+        if op == "emit":
+            for _ in range(arg):
+                seq = whole.next_seq()
+                assert spilling.next_seq() == seq
+                whole.append(seq, "job_A", f"frame-{seq}")
+                spilling.append(seq, "job_A", f"frame-{seq}")
+                stored[seq] = f"frame-{seq}"
+                assert whole.take_overflow_notice() == spilling.take_overflow_notice()
+        elif op == "ack" and arg <= whole.last_seq:
+            assert whole.ack(arg) == spilling.ack(arg)
+        elif op == "detach":
+            spilling.set_cache_limit(0)
+        elif op == "attach":
+            spilling.set_cache_limit(cache)
+        assert len(whole) == len(spilling) <= cap
+        assert whole.first_held_seq() == spilling.first_held_seq()
+        assert (whole.acked_through, whole.evicted_through) == (
+            spilling.acked_through,
+            spilling.evicted_through,
+        )
+        cached = [e.seq for e in spilling]
+        assert len(cached) <= cache
+        assert cached == list(range(spilling.first_cached_seq(), spilling.last_seq + 1))
+        for after in range(whole.first_held_seq() - 1, whole.last_seq + 1):
+            # What a resume is sent: the store's part, then RAM's: exactly seq > after.
+            from_ram = spilling.cached_after(after)
+            if from_ram is None:
+                upto = spilling.first_cached_seq() - 1
+                from_store = [(s, stored[s]) for s in range(after + 1, upto + 1)]
+                from_ram = spilling.cached_after(upto)
+                assert from_ram is not None
+            else:
+                from_store = []
+            replay = from_store + [(e.seq, e.frame) for e in from_ram]
+            assert replay == [(e.seq, e.frame) for e in whole.replay_after(after)]
+
+
+def test_a_spilling_buffer_refuses_a_ram_only_replay_of_what_it_spilled() -> None:
+    buffer = EventBuffer(max_events=100, cache_limit=3)
+    fill(buffer, 10)
+    assert [e.seq for e in buffer] == [8, 9, 10]
+    assert buffer.cached_after(6) is None
+    assert [e.seq for e in buffer.cached_after(7) or []] == [8, 9, 10]
+    with pytest.raises(LookupError):
+        buffer.replay_after(0)
+    assert len(buffer) == 10
+    assert buffer.cached == 3
+
+
+def test_a_restored_spilling_buffer_holds_what_the_store_has() -> None:
+    # The store has 40..90 of a session acknowledged through 30: 31..39 were trimmed
+    # at the cap, so they count as evicted, and a resume from 35 is refused (§6.3).
+    buffer = EventBuffer.restore(
+        [],
+        max_events=100,
+        acked_through=30,
+        evicted_through=0,
+        cache_limit=0,
+        last_seq=90,
+        first_stored_seq=40,
+    )
+    assert (buffer.first_held_seq(), buffer.last_seq, buffer.evicted_through) == (40, 90, 39)
+    assert buffer.cached_after(39) is None
+    with pytest.raises(ResumeWindowExpired):
+        buffer.check_covers(35)
+    buffer.set_cache_limit(8)
+    buffer.append(91, "job_A", "frame-91")
+    assert buffer.cached_after(90) == [buffer.last()]
+    # Nothing stored and everything acknowledged: nothing is held.
+    empty = EventBuffer.restore(
+        [], max_events=100, acked_through=7, evicted_through=0, cache_limit=0, last_seq=7
+    )
+    assert len(empty) == 0
+    assert empty.cached_after(7) == []

@@ -64,12 +64,18 @@ async def test_round_trip_and_group_commit(tmp_path: Path) -> None:
         await store.aclose()
         again = SQLiteStore(path)
         recovered = await again.load()
+        # The events stay on disk: a restart loads their bounds, and pages on demand.
+        page = await again.read_events("sess_1", 250, 100)
+        history = await again.read_history("job_1", 0, 1000)
         await again.aclose()
     assert recovered.jobs == [{"job_id": "job_1", "ordinal": 1, "x": [1, 2]}]
     assert recovered.idempotency == [("alice", "k", "fp", "job_1")]
     assert recovered.sessions == [row()]
-    assert [e.seq for e in recovered.events] == list(range(101, 501))
-    assert len(recovered.history) == 500
+    assert recovered.event_bounds == {"sess_1": (101, 500)}
+    assert recovered.history_bounds == {"job_1": (1, 500)}
+    assert [e.seq for e in page] == list(range(251, 351))
+    assert page[0].frame == "frame-251"
+    assert [h.number for h in history] == list(range(1, 501))
 
 
 async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:

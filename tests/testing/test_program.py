@@ -131,12 +131,13 @@ CATCH: list[Step] = [
 
 
 def test_it_catches_a_replay_that_skips_an_event(monkeypatch: pytest.MonkeyPatch) -> None:
-    original = EventBuffer.replay_after
+    original = EventBuffer.cached_after
 
-    def lossy(self: EventBuffer, last_event_seq: int) -> list[BufferedEvent]:
-        return original(self, last_event_seq)[1:]
+    def lossy(self: EventBuffer, last_event_seq: int) -> list[BufferedEvent] | None:
+        events = original(self, last_event_seq)
+        return None if events is None else events[1:]
 
-    monkeypatch.setattr(EventBuffer, "replay_after", lossy)
+    monkeypatch.setattr(EventBuffer, "cached_after", lossy)
     with pytest.raises(InvariantViolation, match="gap"):
         run(CATCH)
 
