@@ -25,6 +25,7 @@ import trio
 from ..wire.errors import InternalError
 
 __all__ = [
+    "EventLog",
     "MemoryStore",
     "Recovered",
     "SessionRow",
@@ -92,30 +93,30 @@ class Recovered:
     credentials: list[tuple[str, str, str, dict[str, Any]]] = attrs.field(factory=list)
 
 
-class Store(Protocol):
-    """What the runtime needs from persistence. Writes are queued, not awaited."""
+class EventLog(Protocol):
+    """Session streams and job histories, as a durable store keeps them (its contract:
+    ``tests/store/contract.py``, which every durable implementation runs).
+
+    Appends and trims are queued, not awaited: they are on the per-event hot path and
+    must stay cheap; order is kept. Reads are ``async`` and see everything queued
+    before the call. ``durable`` False: nothing is kept, and reads return nothing (the
+    runtime's RAM is then the only copy).
+    """
 
     durable: bool
-
-    async def load(self) -> Recovered: ...
-
-    def save_job(self, job: dict[str, Any]) -> None: ...
-
-    def delete_job(self, job_id: str) -> None: ...
-
-    def save_idempotency(self, principal: str, key: str, fingerprint: str, job_id: str) -> None: ...
-
-    def delete_idempotency(self, principal: str, key: str) -> None: ...
-
-    def save_session(self, row: SessionRow) -> None: ...
-
-    def delete_session(self, session_id: str) -> None: ...
 
     def append_event(self, session_id: str, seq: int, job_id: str, frame: str) -> None:
         """A ``StoredEvent``'s fields (passed apart: one call per event per session)."""
         ...
 
-    def trim_events(self, session_id: str, through_seq: int) -> None: ...
+    def trim_events(self, session_id: str, through_seq: int) -> None:
+        """Forget the session's events with ``seq <= through_seq`` (acknowledged, or
+        evicted at the cap)."""
+        ...
+
+    async def read_events(self, session_id: str, after: int, limit: int) -> list[StoredEvent]:
+        """Up to ``limit`` stored events of the session with ``seq > after``, in order."""
+        ...
 
     def append_history(
         self, job_id: str, number: int, frame_id: str, kind: str, payload_json: str
@@ -123,29 +124,13 @@ class Store(Protocol):
         """A ``StoredHistoryEntry``'s fields (passed apart: one call per event)."""
         ...
 
-    def trim_history(self, job_id: str, through_index: int) -> None: ...
-
-    def save_credential(
-        self, credential_id: str, job_id: str, state: str, data: dict[str, Any]
-    ) -> None:
-        """The revocation ledger: ``state`` is live, revoking, revoked or failed."""
-        ...
-
-    async def read_events(self, session_id: str, after: int, limit: int) -> list[StoredEvent]:
-        """Up to ``limit`` stored events of the session with ``seq > after``, in order.
-
-        Everything queued before the call is included (it waits for the writer). A
-        store that is not ``durable`` keeps no events and returns none.
-        """
+    def trim_history(self, job_id: str, through_index: int) -> None:
+        """Forget the job's history entries numbered ``<= through_index``."""
         ...
 
     async def read_history(self, job_id: str, after: int, limit: int) -> list[StoredHistoryEntry]:
         """Up to ``limit`` stored history entries of the job numbered above ``after``,
-        in order (as ``read_events``)."""
-        ...
-
-    def position(self) -> int:
-        """How many writes have been queued so far (pass to ``flush(since=...)``)."""
+        in order."""
         ...
 
     @property
@@ -161,6 +146,39 @@ class Store(Protocol):
         """Wait until the store is no longer ``congested``; always a scheduling point."""
         ...
 
+
+class Store(EventLog, Protocol):
+    """What the runtime needs from persistence: the event log, and the records a
+    restart reads back (``load``). Writes are queued, not awaited."""
+
+    async def load(self) -> Recovered: ...
+
+    def save_job(self, job: dict[str, Any]) -> None: ...
+
+    def delete_job(self, job_id: str) -> None:
+        """Forget the job and its history."""
+        ...
+
+    def save_idempotency(self, principal: str, key: str, fingerprint: str, job_id: str) -> None: ...
+
+    def delete_idempotency(self, principal: str, key: str) -> None: ...
+
+    def save_session(self, row: SessionRow) -> None: ...
+
+    def delete_session(self, session_id: str) -> None:
+        """Forget the session and its events."""
+        ...
+
+    def save_credential(
+        self, credential_id: str, job_id: str, state: str, data: dict[str, Any]
+    ) -> None:
+        """The revocation ledger: ``state`` is live, revoking, revoked or failed."""
+        ...
+
+    def position(self) -> int:
+        """How many writes have been queued so far (pass to ``flush(since=...)``)."""
+        ...
+
     async def flush(self, since: int = 0) -> None:
         """Wait until the writes queued after ``since`` (and before the call) are durable.
 
@@ -169,7 +187,7 @@ class Store(Protocol):
         """
         ...
 
-    async def run(self, *, task_status: Any = ...) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The background writer; runs until cancelled (owned by the runtime)."""
         ...
 
@@ -240,7 +258,7 @@ class MemoryStore:
     async def flush(self, since: int = 0) -> None:
         await trio.lowlevel.checkpoint()
 
-    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         await trio.sleep_forever()
 
