@@ -161,7 +161,7 @@ async def test_a_resume_during_a_running_job_catches_up_then_goes_live(
             await again.send("session.hello", hello_payload(resume))
             go.set()  # the second half races the replay
             most_cached = 0
-            frames = []
+            frames: list[dict[str, Any]] = []
             while not frames or frames[-1]["type"] not in ("job.result", "job.error"):
                 frames.append(await again.recv())
                 most_cached = max(most_cached, runtime.statistics().cached_events)

@@ -39,8 +39,16 @@ async def running(store: Store) -> AsyncIterator[Store]:
         await store.aclose()
 
 
-def sqlite(tmp_path: Path, **options: int) -> Opener:
-    return lambda: running(SQLiteStore(tmp_path / "log.sqlite3", **options))
+def sqlite(
+    tmp_path: Path, max_pending_writes: int = 50_000, max_pending_bytes: int = 32 << 20
+) -> Opener:
+    return lambda: running(
+        SQLiteStore(
+            tmp_path / "log.sqlite3",
+            max_pending_writes=max_pending_writes,
+            max_pending_bytes=max_pending_bytes,
+        )
+    )
 
 
 IMPLEMENTATIONS: dict[str, Callable[..., Opener]] = {"sqlite": sqlite}
@@ -103,7 +111,8 @@ async def test_streams_are_apart_and_trims_and_deletes_forget_a_prefix(open_stor
     assert [e.seq for e in trimmed] == list(range(21, 51))
     assert [e.seq for e in other] == list(range(1, 51))
     assert [h.number for h in history] == list(range(31, 51))
-    assert gone == gone_history == nothing == []
+    assert gone == nothing == []
+    assert gone_history == []
 
 
 async def test_a_restart_reports_the_bounds_and_the_events_read_back(open_store: Opener) -> None:
@@ -122,16 +131,17 @@ async def test_a_restart_reports_the_bounds_and_the_events_read_back(open_store:
 async def test_write_behind_is_bounded_and_drains(open_small_store: Opener) -> None:
     with trio.fail_after(10):
         async with open_small_store() as store:
-            assert not store.congested
+            before = store.congested
             # Queued synchronously, no checkpoint: the writer has not run yet.
             fill(store, "sess_1", "job_1", 60)  # 120 writes > 100
-            assert store.congested
+            by_count = store.congested
             await store.wait_writable()
-            assert not store.congested
+            drained = store.congested
             store.append_event("sess_1", 61, "job_1", "x" * 20_000)  # bytes, too
-            assert store.congested
+            by_bytes = store.congested
             await store.wait_writable()
             events = await store.read_events("sess_1", 0, 1000)
+    assert (before, by_count, drained, by_bytes) == (False, True, False, True)
     assert len(events) == 61
 
 
