@@ -51,6 +51,7 @@ ALLOWED: dict[str, set[str]] = {
     "__init__": {"wire", "protocol", "transport", "runtime", "client", "store", "_version"},
     "_version": set(),
     "_scopes": set(),
+    "_util": set(),
 }
 #: Modules that import no I/O or scheduling library.
 PURE = {"wire", "protocol"}
@@ -91,7 +92,7 @@ def test_layer_arrows_point_one_way(path: Path) -> None:
         parts = module.split(".")
         if parts[0] == "arcp_trio":
             target = parts[1] if len(parts) > 1 else "__init__"
-            assert target in allowed | {"_version", "_scopes"}, (
+            assert target in allowed | {"_version", "_scopes", "_util"}, (
                 f"{path}:{line}: {layer} must not import {module}"
             )
         elif layer in PURE:
@@ -104,3 +105,13 @@ def test_the_job_nursery_stays_in_runtime_py() -> None:
         if path.name == "runtime.py" and path.parent.name == "runtime":
             continue
         assert "_job_nursery" not in path.read_text(), path
+
+
+def test_the_runtime_has_no_public_constructor() -> None:
+    """``open_runtime`` is the way in: it owns the nurseries a Runtime needs."""
+    import pytest
+
+    from arcp_trio.runtime.runtime import Runtime
+
+    with pytest.raises(TypeError, match="no public constructor"):
+        Runtime()  # type: ignore[call-arg]

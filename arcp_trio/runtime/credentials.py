@@ -9,7 +9,7 @@ mints short-lived credentials constrained to the job's lease. The runtime
   a crash can never leave one live and forgotten;
 * revokes every credential when its job reaches any terminal state, retrying
   transient failures with backoff; permanent failures are logged at ERROR and kept
-  for operators (``Runtime.unrevoked_credentials``); outstanding revocations are
+  for operators (``Runtime.statistics().unrevoked_credentials``); outstanding revocations are
   re-driven when the runtime restarts (§14 "Credential revocation reliability").
 
 The runtime advertises ``provisioned_credentials`` only when a provisioner *and* a

@@ -37,6 +37,7 @@ import attrs
 import trio
 
 from .._scopes import open_owner_nursery
+from .._util import NoPublicConstructor
 from ..protocol.eventlog import EventBuffer, OverflowNotice
 from ..protocol.job import JobRecord, JobStatus, JobTable, Terminal, fingerprint
 from ..protocol.leases import Budget, Lease, check_subset, child_lease, parse_lease
@@ -139,6 +140,9 @@ class RuntimeStatistics:
     cached_events: int
     #: Job-history events RAM holds, across all jobs (``history_memory_events``).
     cached_history_events: int
+    #: Ids of credentials whose revocation failed for good (§9.8.2, §14: surfaced
+    #: to operators; each was logged at ERROR).
+    unrevoked_credentials: tuple[str, ...] = ()
 
 
 @attrs.define(eq=False)
@@ -188,8 +192,9 @@ def same_principal(principal: str, job: JobRecord) -> bool:
     return principal == job.principal
 
 
-class Runtime:
-    """Hosts jobs and sessions. Build one with ``open_runtime``."""
+class Runtime(metaclass=NoPublicConstructor):
+    """Hosts jobs and sessions. Build one with ``open_runtime`` (which owns its
+    nurseries: there is no public constructor)."""
 
     def __init__(
         self,
@@ -218,8 +223,8 @@ class Runtime:
         self.features: tuple[str, ...] = ALL_FEATURES + (
             (CREDENTIALS_FEATURE,) if provisioner is not None and store.durable else ()
         )
-        #: Credentials whose revocation failed for good (surfaced to operators).
-        self.unrevoked_credentials: list[str] = []
+        #: Credentials whose revocation failed for good (``statistics()`` surfaces them).
+        self._unrevoked: list[str] = []
         self.config = config
         self._auth = auth
         self._wall_clock = wall_clock
@@ -285,6 +290,7 @@ class Runtime:
             buffered_events=sum(len(s.buffer) for s in self._sessions.values()),
             cached_events=sum(s.buffer.cached for s in self._sessions.values()),
             cached_history_events=self._history_ram_total,
+            unrevoked_credentials=tuple(self._unrevoked),
         )
 
     def session(self, session_id: str) -> Session | None:
@@ -1491,7 +1497,7 @@ class Runtime:
             credential["id"],
             job_id,
         )
-        self.unrevoked_credentials.append(credential["id"])
+        self._unrevoked.append(credential["id"])
         self._store.save_credential(key, job_id, "failed", credential)
 
     def _save_session(self, session: Session) -> None:
@@ -1551,7 +1557,7 @@ class Runtime:
             self._expire_later(session, now + self.config.resume_window_sec)
         for key, job_id, state, credential in recovered.credentials:
             if state == "failed":
-                self.unrevoked_credentials.append(credential.get("id", key))
+                self._unrevoked.append(credential.get("id", key))
             elif self._provisioner is not None:
                 # Outstanding revocations are re-driven after a restart (§14).
                 self._session_nursery.start_soon(self._revoke, key, job_id, credential)
@@ -1863,7 +1869,7 @@ async def open_runtime(
             # The writer outlives jobs and sessions, so their last words are written.
             await store_nursery.start(store.run)
             async with trio.open_nursery() as job_nursery, trio.open_nursery() as session_nursery:
-                runtime = Runtime(
+                runtime = Runtime._create(
                     agents=agents,
                     auth=BearerAuth(tokens),
                     config=config or RuntimeConfig(),

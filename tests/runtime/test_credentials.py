@@ -153,7 +153,8 @@ async def test_transient_failures_are_retried_permanent_ones_surfaced(
         upstream.permanent_failure_ids.add(doomed["payload"]["credentials"][0]["id"])
         await owner.recv_terminal(doomed["job_id"])
         await trio.sleep(1)
-        assert runtime.unrevoked_credentials == [doomed["payload"]["credentials"][0]["id"]]
+        unrevoked = runtime.statistics().unrevoked_credentials
+        assert unrevoked == (doomed["payload"]["credentials"][0]["id"],)
 
 
 async def test_outstanding_revocations_are_redriven_after_a_restart(
