@@ -28,6 +28,7 @@ refused with a clear ``StoreError``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import sqlite3
@@ -91,6 +92,39 @@ _SAVE_CREDENTIAL = (
 _APPEND_HISTORY = (
     "INSERT OR REPLACE INTO history (job_id, idx, frame_id, kind, payload) VALUES (?, ?, ?, ?, ?)"
 )
+#: Rows per multi-row INSERT: one ``sqlite3_step`` (one release of the GIL, which
+#: the event loop's thread then has to hand back) per this many rows, not per row.
+#: 200 rows of 5 columns stay well under SQLite's 32,766 bound variables.
+_ROWS_PER_INSERT = 200
+
+
+def _multi_insert(single: str, width: int) -> tuple[str, str]:
+    """``single`` (one row of ``width`` values) and its ``_ROWS_PER_INSERT``-row form."""
+    row = "(" + ", ".join("?" * width) + ")"
+    head = single[: single.index("VALUES") + len("VALUES")]
+    return single, f"{head} {', '.join([row] * _ROWS_PER_INSERT)}"
+
+
+_EVENT_ROWS = _multi_insert(_APPEND_EVENT, 4)
+_HISTORY_ROWS = _multi_insert(_APPEND_HISTORY, 5)
+
+
+def _insert_rows(db: sqlite3.Connection, statements: tuple[str, str], rows: list[Any]) -> None:
+    """Insert ``rows`` in full multi-row statements, the rest one row a statement."""
+    single, multi = statements
+    full = len(rows) - len(rows) % _ROWS_PER_INSERT
+    if full:
+        db.executemany(
+            multi,
+            (
+                tuple(itertools.chain.from_iterable(rows[start : start + _ROWS_PER_INSERT]))
+                for start in range(0, full, _ROWS_PER_INSERT)
+            ),
+        )
+    if full < len(rows):
+        db.executemany(single, rows[full:])
+
+
 #: A queue entry holding ``(event rows, history rows)``: appends since the last
 #: other operation.
 _SEGMENT = "-- appends"
@@ -311,10 +345,8 @@ class SQLiteStore:
             for sql, params in ops:
                 if sql is _SEGMENT:
                     events, history = params
-                    if events:
-                        db.executemany(_APPEND_EVENT, events)
-                    if history:
-                        db.executemany(_APPEND_HISTORY, history)
+                    _insert_rows(db, _EVENT_ROWS, events)
+                    _insert_rows(db, _HISTORY_ROWS, history)
                 else:
                     db.execute(sql, params)
             db.execute("COMMIT")
