@@ -15,11 +15,19 @@ submitting session (§7.4), by ``max_runtime_sec`` (the scope's deadline, §7.3)
 by runtime shutdown. Before cancelling, the runtime records *why* in the job's
 ``ending``, so the terminal says cancelled, not timed out.
 
-A session holds job ids. When a job emits, ``_route`` stamps the frame into each
-watching session's buffer (``Session.deliver``), synchronously, then the agent's
-``await`` gives the connections' send tasks their turn. Every handler is
+A session holds job ids. When a job emits, ``_route_event`` stamps the frame into
+each watching session's buffer (``Session.deliver``), synchronously, then the
+agent's ``await`` gives the connections' send tasks their turn. Every handler is
 synchronous between checkpoints, which is what makes idempotency atomic across
 sessions and the history→live boundary of a subscription exactly-once.
+
+Two handlers await in the middle, and each keeps the boundary anyway. A
+subscribe with history reads the pages a durable store has (``_replay_history``)
+before the watcher is added, and the last stretch, from RAM to live, has no
+checkpoint. A resume whose gap is partly in the store marks the session
+``catching_up`` (new frames wait in its buffer), and ``_catch_up`` sends the
+store's pages and then, synchronously, the rest. RAM holds a bounded cache of
+both (``RuntimeConfig.event_cache_events``; docs/store.md).
 """
 
 from __future__ import annotations
