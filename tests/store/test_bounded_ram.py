@@ -47,15 +47,6 @@ def sqlite_runtime(
     )
 
 
-def hello_payload(resume: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "client": {"name": "test-peer", "version": "0"},
-        "auth": {"scheme": "bearer", "token": "tok-alice"},
-        "capabilities": {"encodings": ["json"], "features": REFERENCE_FEATURES},
-        "resume": resume,
-    }
-
-
 def lines(frames: list[dict[str, Any]]) -> list[str]:
     """The ``log`` lines of ``chatty`` among ``frames``, in order."""
     return [
@@ -78,6 +69,24 @@ async def drop(runtime: Runtime, peer: Peer, transport: Any) -> None:
     # No event tells a test that the runtime noticed; bounded by the caller's fail_after.
     while session.connection is not None:  # noqa: ASYNC110
         await trio.sleep(0.001)
+
+
+async def resume(runtime: Runtime, nursery: trio.Nursery, peer: Peer, after: int) -> Peer:
+    """A new connection that sends the resume of ``peer``'s session from ``after``
+    (§6.3) and returns without waiting for the welcome."""
+    again, _ = await connect(runtime, nursery)
+    again.last_event_seq = after
+    resume = {"session_id": peer.session_id, "resume_token": peer.resume_token}
+    await again.send(
+        "session.hello",
+        {
+            "client": {"name": "test-peer", "version": "0"},
+            "auth": {"scheme": "bearer", "token": "tok-alice"},
+            "capabilities": {"encodings": ["json"], "features": REFERENCE_FEATURES},
+            "resume": {**resume, "last_event_seq": after},
+        },
+    )
+    return again
 
 
 def two_phase(go: trio.Event, n: int, half: trio.Event | None = None) -> AgentRegistry:
@@ -121,14 +130,8 @@ async def test_a_resume_replays_from_the_store_what_ram_let_go(
             assert (statistics.cached_events, statistics.cached_history_events) == (0, 0)
             assert statistics.buffered_events == 2001  # the store has them
 
-            again, _ = await connect(runtime, nursery)
-            again.last_event_seq = 100
-            resume = {
-                "session_id": peer.session_id,
-                "resume_token": peer.resume_token,
-                "last_event_seq": 100,
-            }
-            welcome = await again.hello(resume=resume)
+            again = await resume(runtime, nursery, peer, 100)
+            welcome = await again.recv()
             assert welcome["type"] == "session.welcome"
             frames = await again.recv_terminal(accepted["job_id"])
     assert lines(frames) == [f"line {i}" for i in range(100, 2000)]
@@ -151,14 +154,7 @@ async def test_a_resume_during_a_running_job_catches_up_then_goes_live(
             await read_events(peer, 10)
             await drop(runtime, peer, transport)
             await half.wait()
-            again, _ = await connect(runtime, nursery)
-            again.last_event_seq = 10
-            resume = {
-                "session_id": peer.session_id,
-                "resume_token": peer.resume_token,
-                "last_event_seq": 10,
-            }
-            await again.send("session.hello", hello_payload(resume))
+            again = await resume(runtime, nursery, peer, 10)
             go.set()  # the second half races the replay
             most_cached = 0
             frames: list[dict[str, Any]] = []
@@ -226,14 +222,8 @@ async def test_a_restarted_runtime_resumes_from_the_file_without_loading_it(
         async with sqlite_runtime(path) as restarted:
             statistics = restarted.statistics()
             assert (statistics.cached_events, statistics.cached_history_events) == (0, 0)
-            again, _ = await connect(restarted, nursery)
-            again.last_event_seq = 5
-            resume = {
-                "session_id": peer.session_id,
-                "resume_token": peer.resume_token,
-                "last_event_seq": 5,
-            }
-            await again.hello(resume=resume)
+            again = await resume(restarted, nursery, peer, 5)
+            assert (await again.recv())["type"] == "session.welcome"
             frames = await again.recv_terminal(accepted["job_id"])
             # And the history of the finished job pages back too.
             other, _ = await connect(restarted, nursery)
