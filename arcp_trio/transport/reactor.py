@@ -51,12 +51,13 @@ import select
 import sys
 from typing import TYPE_CHECKING
 
+import attrs
 import trio
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["ReadReactor", "Registration", "reactor_available"]
+__all__ = ["ReactorStatistics", "ReadReactor", "Registration", "reactor_available"]
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,17 @@ class Registration:
         return f"Registration(fd={self.fd})"
 
 
+@attrs.frozen
+class ReactorStatistics:
+    """A snapshot of a ``ReadReactor`` (``statistics()``)."""
+
+    #: Passes in which at least one socket was ready (each is one wake-up of ``run``).
+    wakeups: int
+    #: Sockets registered, and how many of them are deferred right now.
+    registered: int
+    deferred: int
+
+
 class ReadReactor:
     """Readiness callbacks for many sockets, served by one task (``run``)."""
 
@@ -107,8 +119,15 @@ class ReadReactor:
         self._wake_at = math.inf
         #: After ``run`` ended: transports read their sockets themselves again.
         self.closed = False
-        self.wakeups = 0
+        self._wakeups = 0
         self.callbacks_run = 0
+
+    def statistics(self) -> ReactorStatistics:
+        return ReactorStatistics(
+            wakeups=self._wakeups,
+            registered=len(self._registrations),
+            deferred=len(self._deferred),
+        )
 
     def register(self, fd: int, callback: Callable[[], int | None]) -> Registration:
         """Know ``fd`` (paused until ``resume``); ``callback`` runs when it is readable
@@ -249,7 +268,7 @@ class ReadReactor:
                         await trio.lowlevel.wait_readable(self._epoll.fileno())
                     finally:
                         self._sleep = None
-                self.wakeups += 1
+                self._wakeups += 1
                 returned = None
                 if self._returns:
                     now = trio.current_time()

@@ -17,7 +17,13 @@ import trio
 import trio.testing
 
 from arcp_trio.transport.base import ReceivesInline, Transport, TransportBroken
-from arcp_trio.transport.reactor import DEFER_ROUNDS, PASS_BYTES, ReadReactor, reactor_available
+from arcp_trio.transport.reactor import (
+    DEFER_ROUNDS,
+    PASS_BYTES,
+    ReactorStatistics,
+    ReadReactor,
+    reactor_available,
+)
 from arcp_trio.transport.websocket import (
     WebSocketTransport,
     connect_websocket,
@@ -76,7 +82,7 @@ async def test_a_paused_socket_that_hangs_up_does_not_wake_the_reactor() -> None
             nursery.start_soon(reactor.run)
             b.close()  # the peer hangs up while the socket is paused
             await trio.sleep(0.2)
-            assert reactor.wakeups == 0
+            assert reactor.statistics().wakeups == 0
             nursery.cancel_scope.cancel()
 
 
@@ -235,7 +241,7 @@ class Recorder:
 
     def _read(self, name: str, sock: socket.socket) -> None:
         if not self.reactor.closed:
-            self.got.append((name, sock.recv(100), self.reactor.wakeups))
+            self.got.append((name, sock.recv(100), self.reactor.statistics().wakeups))
 
 
 async def test_deferred_sockets_are_served_together_when_their_deferral_ends(
@@ -464,7 +470,7 @@ async def test_one_pass_reads_a_bounded_number_of_bytes() -> None:
         if reactor.closed:
             return 0
         data = sock.recv(PASS_BYTES)
-        passes.append((index, reactor.wakeups))
+        passes.append((index, reactor.statistics().wakeups))
         if len({index for index, _ in passes}) == len(pairs):
             all_read.set()
         return len(data)
@@ -521,3 +527,19 @@ def test_a_write_to_a_reset_peer_never_raises_sigpipe() -> None:
     )
     assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
     assert done.stdout.strip() == "OK"
+
+
+async def test_statistics_count_registrations_and_deferrals() -> None:
+    reactor = ReadReactor()
+    a, b = socket.socketpair()
+    with a, b:
+        assert reactor.statistics() == ReactorStatistics(wakeups=0, registered=0, deferred=0)
+        reactor.register(a.fileno(), lambda: None)
+        reactor.register(b.fileno(), lambda: None)
+        reactor.resume(a.fileno())
+        reactor.defer(a.fileno(), trio.current_time(), 1.0)
+        assert reactor.statistics() == ReactorStatistics(wakeups=0, registered=2, deferred=1)
+        reactor.unregister(a.fileno())
+        assert reactor.statistics().registered == 1
+        assert reactor.statistics().deferred == 0
+        reactor.unregister(b.fileno())
