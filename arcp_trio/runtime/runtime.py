@@ -32,7 +32,6 @@ both (``RuntimeConfig.event_cache_events``; docs/store.md).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -106,12 +105,7 @@ from .auth import BearerAuth
 from .config import LeaseExpiry, RuntimeConfig
 from .connection import Connection, refusal
 from .context import JobContext
-from .credentials import (
-    Credential,
-    CredentialProvisioner,
-    CredentialRequest,
-    TransientRevocationError,
-)
+from .ledger import CredentialLedger
 from .otel import NoTelemetry, Telemetry
 from .persist import job_from_row, job_to_row, session_to_row
 from .session import Session, hash_token
@@ -123,6 +117,7 @@ if TYPE_CHECKING:
     from decimal import Decimal
 
     from .agents import Agent, AgentRegistry
+    from .credentials import CredentialProvisioner
 
 __all__ = [
     "LeasePolicy",
@@ -186,9 +181,6 @@ ObservePolicy = Callable[[str, JobRecord], bool]
 #: granted``. The grant must be a subset of the request (§9.4 rules).
 LeasePolicy = Callable[[str, Lease], Lease]
 
-#: Revocation attempts before a credential is reported as unrevocable.
-_REVOKE_ATTEMPTS = 8
-
 #: Events an agent may emit between two scheduling points (see ``_emit``).
 _EMITS_PER_YIELD = 32
 
@@ -223,7 +215,6 @@ class Runtime(metaclass=NoPublicConstructor):
         self.agents = agents
         self.tools = tools
         self._store = store
-        self._provisioner = provisioner
         self._telemetry = telemetry
         self._lease_policy = lease_policy
         # §14: "A runtime that cannot guarantee revocation MUST NOT advertise
@@ -231,8 +222,8 @@ class Runtime(metaclass=NoPublicConstructor):
         self.features: tuple[str, ...] = ALL_FEATURES + (
             (CREDENTIALS_FEATURE,) if provisioner is not None and store.durable else ()
         )
-        #: Credentials whose revocation failed for good (``statistics()`` surfaces them).
-        self._unrevoked: list[str] = []
+        #: Issue, rotate, revoke (§9.8), with the store's revocation ledger (§14).
+        self._ledger = CredentialLedger(provisioner, store, session_nursery)
         self.config = config
         self._auth = auth
         self._wall_clock = wall_clock
@@ -298,7 +289,7 @@ class Runtime(metaclass=NoPublicConstructor):
             buffered_events=sum(len(s.buffer) for s in self._sessions.values()),
             cached_events=sum(s.buffer.cached for s in self._sessions.values()),
             cached_history_events=self._history_ram_total,
-            unrevoked_credentials=tuple(self._unrevoked),
+            unrevoked_credentials=self._ledger.unrevoked,
         )
 
     def session(self, session_id: str) -> Session | None:
@@ -871,7 +862,7 @@ class Runtime(metaclass=NoPublicConstructor):
         self._save_session(session)
         try:
             if CREDENTIALS_FEATURE in session.features and CREDENTIALS_FEATURE in self.features:
-                await self._issue_credentials(job)
+                await self._ledger.issue(job)
             # Nothing is acknowledged that was not persisted: the job, its idempotency
             # record and its credentials' ledger entries. (Without a durable store
             # there is nothing to wait for, so the accept costs no scheduler pass.)
@@ -922,7 +913,7 @@ class Runtime(metaclass=NoPublicConstructor):
             return
         live.revoked = True
         for credential in job.credentials:
-            self._schedule_revocation(job.job_id, credential)
+            self._ledger.revoke(job.job_id, credential)
 
     def _trio_deadline(self, moment: datetime) -> float:
         """A wall-clock instant on the wire as a Trio deadline (STYLE: one converter)."""
@@ -1422,30 +1413,9 @@ class Runtime(metaclass=NoPublicConstructor):
 
     # == credentials (§9.8) ==============================================================
 
-    async def _issue_credentials(self, job: JobRecord) -> None:
-        assert self._provisioner is not None
-        request = CredentialRequest(
-            job_id=job.job_id,
-            principal=job.principal,
-            agent=job.agent,
-            lease=job.lease.as_wire(),
-            expires_at=(job.lease_constraints or {}).get("expires_at"),
-            budget_remaining={} if job.budget is None else job.budget.as_strings(),
-        )
-        try:
-            issued = await self._provisioner.issue(request)
-        except Exception as exc:
-            log.error("credential issue failed job_id=%s", job.job_id, exc_info=True)
-            raise InternalError(f"could not provision credentials: {type(exc).__name__}") from exc
-        for credential in issued:
-            wire = credential.as_wire()
-            job.credentials.append(wire)
-            # The ledger entry is written before the job is acknowledged (§14).
-            self._store.save_credential(_ledger_key(wire), job.job_id, "live", wire)
-
     async def _rotate_credential(self, job: JobRecord, credential_id: str) -> dict[str, Any]:
         """§9.8.2 rotation: new value to the submitter only, then revoke the old one."""
-        if self._provisioner is None:
+        if not self._ledger.configured:
             raise InvalidRequest("no credential provisioner is configured")
         index = next((i for i, c in enumerate(job.credentials) if c["id"] == credential_id), None)
         if index is None:
@@ -1455,58 +1425,22 @@ class Runtime(metaclass=NoPublicConstructor):
             # Its credentials went with its lease (§9.5, §9.8): none is issued again.
             raise LeaseExpired("the job's credentials have been revoked")
         old = job.credentials[index]
-        fresh = (await self._provisioner.rotate(Credential.from_wire(old))).as_wire()
+        fresh = await self._ledger.rotate(old)
         if _revoked(live):  # (re-read after the await)
             # Revoked while the upstream rotated: the new value must not outlive them.
-            self._schedule_revocation(job.job_id, fresh)
+            self._ledger.revoke(job.job_id, fresh)
             raise LeaseExpired("the job's credentials have been revoked")
         job.credentials[index] = fresh
-        self._store.save_credential(_ledger_key(fresh), job.job_id, "live", fresh)
+        self._ledger.record_live(job.job_id, fresh)
         submitter = self._sessions.get(job.session_id)
         if submitter is not None:
             # Not in the job's history and not to subscribers (§14): the submitter only.
             body = {"phase": "credential_rotated", "id": credential_id, "value": fresh["value"]}
             payload_json = dumps({"kind": "status", "ts": self._timestamp(), "body": body})
             self._deliver_one(submitter, job, MessageType.JOB_EVENT, new_frame_id(), payload_json)
-        self._schedule_revocation(job.job_id, old)
+        self._ledger.revoke(job.job_id, old)
         await trio.lowlevel.checkpoint()
         return fresh
-
-    def _schedule_revocation(self, job_id: str, credential: dict[str, Any]) -> None:
-        key = _ledger_key(credential)
-        self._store.save_credential(key, job_id, "revoking", credential)
-        self._session_nursery.start_soon(self._revoke, key, job_id, credential)
-
-    async def _revoke(self, key: str, job_id: str, credential: dict[str, Any]) -> None:
-        """Revoke with capped exponential backoff; give up loudly, never silently."""
-        assert self._provisioner is not None
-        delay = 0.5
-        for attempt in range(1, _REVOKE_ATTEMPTS + 1):
-            try:
-                await self._provisioner.revoke(Credential.from_wire(credential))
-            except TransientRevocationError as exc:
-                log.warning(
-                    "credential revocation failed, retrying credential_id=%s attempt=%s error=%s",
-                    credential["id"],
-                    attempt,
-                    exc,
-                )
-                await trio.sleep(delay)
-                delay = min(delay * 2, 30.0)
-                continue
-            except Exception:
-                break
-            self._store.save_credential(key, job_id, "revoked", {"id": credential["id"]})
-            log.info("credential revoked credential_id=%s job_id=%s", credential["id"], job_id)
-            return
-        # §9.8.2: "MUST log permanent failures"; §14: surface them to operators.
-        log.error(
-            "credential revocation failed permanently credential_id=%s job_id=%s",
-            credential["id"],
-            job_id,
-        )
-        self._unrevoked.append(credential["id"])
-        self._store.save_credential(key, job_id, "failed", credential)
 
     def _save_session(self, session: Session) -> None:
         if self._store.durable:
@@ -1563,14 +1497,7 @@ class Runtime(metaclass=NoPublicConstructor):
             session.window.detach(now)
             session.detach_generation += 1
             self._expire_later(session, now + self.config.resume_window_sec)
-        for key, job_id, state, credential in recovered.credentials:
-            if state == "failed":
-                self._unrevoked.append(credential.get("id", key))
-            elif self._provisioner is not None:
-                # Outstanding revocations are re-driven after a restart (§14).
-                self._session_nursery.start_soon(self._revoke, key, job_id, credential)
-            else:
-                log.error("credential %s is outstanding but no provisioner is configured", key)
+        self._ledger.restore(recovered.credentials)
         interrupted = [job for job in self.jobs if not job.is_terminal]
         for job in interrupted:
             self._finish(
@@ -1795,12 +1722,6 @@ class _Child:
             retryable=terminal.retryable,
             details=terminal.details,
         )
-
-
-def _ledger_key(credential: dict[str, Any]) -> str:
-    """One ledger row per credential *value*: a rotation keeps the id, not the value."""
-    digest = hashlib.sha256(str(credential["value"]).encode()).hexdigest()[:16]
-    return f"{credential['id']}#{digest}"
 
 
 def _revoked(live: _LiveJob) -> bool:
