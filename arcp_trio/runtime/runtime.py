@@ -78,8 +78,6 @@ from ..wire.messages import (
     JobCancelled,
     JobSubmit,
     JobSubscribe,
-    JobSubscribed,
-    JobSummary,
     JobUnsubscribe,
     MessageType,
     ResumeRequest,
@@ -109,6 +107,13 @@ from .ledger import CredentialLedger
 from .otel import NoTelemetry, Telemetry
 from .persist import job_from_row, job_to_row, session_to_row
 from .session import Session, hash_token
+from .shapes import (
+    accepted_payload,
+    job_summary,
+    overflow_body,
+    rotation_body,
+    subscribed_payload,
+)
 from .timers import Timer, Timers
 from .tools import ToolRegistry, current_trace_id
 
@@ -767,27 +772,11 @@ class Runtime(metaclass=NoPublicConstructor):
                 else lambda job: self._observe_policy(session.principal, job)
             ),
         )
-        summaries = [
-            JobSummary(
-                job_id=job.job_id,
-                agent=job.agent,
-                status=str(job.status),
-                submitted_at=job.accepted_at,
-                created_at=job.accepted_at,
-                lease=job.lease.as_wire(),
-                lease_constraints=job.lease_constraints,
-                parent_job_id=job.parent_job_id,
-                trace_id=job.trace_id,
-                last_event_seq=job.last_event_index,
-                budget=job.budget_wire(session.dialect),
-            )
-            for job in jobs
-        ]
         connection.reply(
             MessageType.SESSION_JOBS,
             {
                 "request_id": envelope.id,
-                "jobs": [unstructure_payload(summary) for summary in summaries],
+                "jobs": [job_summary(job, session.dialect) for job in jobs],
                 **({"next_cursor": next_cursor} if next_cursor is not None else {}),
             },
         )
@@ -920,30 +909,10 @@ class Runtime(metaclass=NoPublicConstructor):
         return trio.current_time() + (moment - self._wall_clock()).total_seconds()
 
     def _send_accepted(self, connection: Connection, job: JobRecord, request_id: str) -> None:
-        payload: dict[str, Any] = {
-            "job_id": job.job_id,
-            "agent": job.agent,
-            "accepted_at": job.accepted_at,
-            "lease": job.lease.as_wire(),
-            "request_id": request_id,
-        }
-        if job.lease_constraints is not None:
-            payload["lease_constraints"] = job.lease_constraints
-        if job.budget is not None:
-            # §7.1 "initial budget counters"; strings for the reference (WIRE.md §17.4).
-            initial = Budget(initial=job.budget.initial, remaining=dict(job.budget.initial))
-            payload["budget"] = (
-                initial.as_numbers()
-                if connection.session.dialect is Dialect.SPEC
-                else initial.as_strings()
-            )
-        for key in ("trace_id", "parent_job_id", "delegate_id"):
-            value = getattr(job, key)
-            if value is not None:
-                payload[key] = value
-        if job.credentials and connection.session.principal == job.principal:
-            # §14: credentials follow the submitting principal only.
-            payload["credentials"] = list(job.credentials)
+        session = connection.session
+        payload = accepted_payload(
+            job, request_id=request_id, dialect=session.dialect, observer=session.principal
+        )
         connection.send(
             Envelope(
                 type=MessageType.JOB_ACCEPTED,
@@ -1019,27 +988,14 @@ class Runtime(metaclass=NoPublicConstructor):
         # job emits while it is sent is live (after ``subscribed_from``).
         start = max(after + 1, job.history_start)
         count = max(0, job.last_event_index - start + 1) if replay else 0
-        payload = unstructure_payload(
-            JobSubscribed(
-                request_id=envelope.id,
-                job_id=job.job_id,
-                current_status=str(job.status),
-                agent=job.agent,
-                lease=job.lease.as_wire(),
-                lease_constraints=job.lease_constraints,
-                budget=job.budget_wire(session.dialect),
-                parent_job_id=job.parent_job_id,
-                trace_id=job.trace_id,
-                subscribed_from=job.last_event_index,
-                replayed=(count > 0 if session.dialect is Dialect.SPEC else count),
-            )
+        payload = subscribed_payload(
+            job,
+            request_id=envelope.id,
+            dialect=session.dialect,
+            observer=session.principal,
+            replayed=count,
+            missing=start - after - 1 if replay else 0,
         )
-        if replay and start - after - 1 > 0:
-            # Never a silent gap: say how much history is no longer held.
-            payload["history_missing"] = start - after - 1
-        if job.credentials and session.principal == job.principal:
-            # §7.6/§14: included solely for the original submitter.
-            payload["credentials"] = list(job.credentials)
         connection.reply(MessageType.JOB_SUBSCRIBED, payload, job_id=job.job_id)
         if already:
             return
@@ -1295,15 +1251,7 @@ class Runtime(metaclass=NoPublicConstructor):
             notice.evicted_through,
             notice.evicted_count,
         )
-        body = {
-            "phase": "back_pressure",
-            "message": (
-                f"{notice.evicted_count} unacknowledged events evicted (through event_seq "
-                f"{notice.evicted_through}); acknowledge events to keep them resumable"
-            ),
-            "evicted_through": notice.evicted_through,
-            "evicted": notice.evicted_count,
-        }
+        body = overflow_body(notice)
         payload_json = dumps({"kind": "status", "ts": self._timestamp(), "body": body})
         self._stamp(session, job, MessageType.JOB_EVENT, new_ulid(), payload_json)
 
@@ -1435,7 +1383,7 @@ class Runtime(metaclass=NoPublicConstructor):
         submitter = self._sessions.get(job.session_id)
         if submitter is not None:
             # Not in the job's history and not to subscribers (§14): the submitter only.
-            body = {"phase": "credential_rotated", "id": credential_id, "value": fresh["value"]}
+            body = rotation_body(credential_id, fresh["value"])
             payload_json = dumps({"kind": "status", "ts": self._timestamp(), "body": body})
             self._deliver_one(submitter, job, MessageType.JOB_EVENT, new_frame_id(), payload_json)
         self._ledger.revoke(job.job_id, old)
