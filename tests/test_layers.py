@@ -115,3 +115,45 @@ def test_the_runtime_has_no_public_constructor() -> None:
 
     with pytest.raises(TypeError, match="no public constructor"):
         Runtime()  # type: ignore[call-arg]
+
+
+#: Inside runtime/: which sibling modules each room may import (the facade,
+#: runtime.py, may import them all; nothing imports it back but serve and __init__).
+ROOMS: dict[str, set[str]] = {
+    "__init__": {"agents", "config", "context", "runtime", "serve"},
+    "agents": {"context"},
+    "auth": set(),
+    "config": set(),
+    "connection": {"session", "timers"},
+    "context": set(),
+    "credentials": set(),
+    "ledger": {"credentials"},
+    "otel": set(),
+    "persist": {"session"},
+    "serve": {"runtime"},
+    # Only under TYPE_CHECKING (a Session holds its Connection): coupling, not a cycle.
+    "session": {"connection"},
+    "shapes": set(),
+    "timers": set(),
+    "tools": set(),
+}
+
+
+@pytest.mark.parametrize("path", sorted((PACKAGE / "runtime").glob("*.py")), ids=lambda p: p.stem)
+def test_the_runtime_rooms_import_one_way(path: Path) -> None:
+    if path.stem == "runtime":
+        return  # the facade
+    allowed = ROOMS[path.stem]  # a new room must say where its arrows point
+    siblings: list[tuple[str, int]] = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            if node.module is None:  # from . import x
+                siblings += [(alias.name, node.lineno) for alias in node.names]
+            else:
+                siblings.append((node.module.split(".")[0], node.lineno))
+        elif isinstance(node, ast.ImportFrom) and node.module is not None:
+            parts = node.module.split(".")
+            if parts[:2] == ["arcp_trio", "runtime"] and len(parts) > 2:
+                siblings.append((parts[2], node.lineno))
+    for sibling, line in siblings:
+        assert sibling in allowed, f"{path}:{line}: runtime/{path.stem} imports {sibling}"
