@@ -129,7 +129,7 @@ ROOMS: dict[str, set[str]] = {
     "credentials": set(),
     "ledger": {"credentials"},
     "otel": set(),
-    "persist": {"session"},
+    "recovery": {"session"},
     "serve": {"runtime"},
     # Only under TYPE_CHECKING (a Session holds its Connection): coupling, not a cycle.
     "session": {"connection"},

@@ -105,7 +105,7 @@ from .connection import Connection, refusal
 from .context import JobContext
 from .ledger import CredentialLedger
 from .otel import NoTelemetry, Telemetry
-from .persist import job_from_row, job_to_row, session_to_row
+from .recovery import job_to_row, restored_job, restored_session, session_to_row
 from .session import Session, hash_token
 from .shapes import (
     accepted_payload,
@@ -1403,38 +1403,17 @@ class Runtime(metaclass=NoPublicConstructor):
         that resumes receives the missing events and that terminal.
         """
         for row in recovered.jobs:
-            job = job_from_row(row, **self._history_settings())
-            # Its history stays in the store; RAM knows only where it starts and ends.
-            low, high = recovered.history_bounds.get(job.job_id, (1, 0))
-            job.last_event_index = high
-            job.history_start = max(low, high - job.history_limit + 1)
-            self.jobs.restore(job)
+            self.jobs.restore(restored_job(row, recovered, **self._history_settings()))
         for principal, key, print_, job_id in recovered.idempotency:
             if self.jobs.get(job_id) is not None:
                 self.jobs.restore_idempotency(principal, key, print_, job_id)
         now = trio.current_time()
         for saved in recovered.sessions:
-            session = Session(
-                session_id=saved.session_id,
-                principal=saved.principal,
-                features=frozenset(saved.features),
-                dialect=Dialect(saved.dialect),
-                # Detached, so RAM holds none of its events: the store has them.
-                buffer=EventBuffer.restore(
-                    [],
-                    max_events=self.config.max_buffered_events,
-                    acked_through=saved.acked_through,
-                    evicted_through=saved.evicted_through,
-                    cache_limit=0,
-                    last_seq=recovered.event_bounds.get(saved.session_id, (0, 0))[1],
-                    first_stored_seq=recovered.event_bounds.get(saved.session_id, (None, 0))[0],
-                ),
-                window=ResumeWindow(window_sec=self.config.resume_window_sec),
-                token_hash=saved.token_hash,
-                confirmed_token_hash=saved.confirmed_token_hash,
-                client_name=saved.client_name,
-                submitted=set(saved.submitted),
-                subscribed=set(saved.subscribed),
+            session = restored_session(
+                saved,
+                recovered,
+                max_buffered_events=self.config.max_buffered_events,
+                resume_window_sec=self.config.resume_window_sec,
             )
             self._sessions[session.session_id] = session
             for job_id in session.watching:

@@ -1,4 +1,12 @@
-"""Converting the runtime's records to and from the rows a ``Store`` keeps."""
+"""Recovery: the runtime's records to and from the rows a ``Store`` keeps.
+
+``job_to_row``/``session_to_row`` are what the runtime writes as it runs.
+``restored_job``/``restored_session`` rebuild the records after a restart from a
+store's ``Recovered`` rows and the bounds of each history and stream: the events
+themselves stay in the store (RAM holds none until a resume or subscribe reads
+them, docs/store.md). Registering the records, re-arming resume windows and ending
+interrupted jobs is the runtime's part (``Runtime._restore``).
+"""
 
 from __future__ import annotations
 
@@ -7,15 +15,24 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from ..protocol.eventlog import EventBuffer
 from ..protocol.job import JobRecord, JobStatus, Terminal
 from ..protocol.leases import Budget, Lease
+from ..protocol.session import Dialect, ResumeWindow
 from ..store.base import SessionRow
 from ..wire.timestamps import parse_timestamp
+from .session import Session
 
 if TYPE_CHECKING:
-    from .session import Session
+    from ..store.base import Recovered
 
-__all__ = ["job_from_row", "job_to_row", "session_to_row"]
+__all__ = [
+    "job_from_row",
+    "job_to_row",
+    "restored_job",
+    "restored_session",
+    "session_to_row",
+]
 
 
 def job_to_row(job: JobRecord) -> dict[str, Any]:
@@ -114,4 +131,42 @@ def session_to_row(session: Session) -> SessionRow:
         acked_through=session.buffer.acked_through,
         evicted_through=session.buffer.evicted_through,
         confirmed_token_hash=session.confirmed_token_hash,
+    )
+
+
+def restored_job(row: dict[str, Any], recovered: Recovered, **history: Any) -> JobRecord:
+    """A persisted job, its history left in the store: RAM knows where it starts and
+    ends (``history`` as ``Runtime._history_settings``)."""
+    job = job_from_row(row, **history)
+    low, high = recovered.history_bounds.get(job.job_id, (1, 0))
+    job.last_event_index = high
+    job.history_start = max(low, high - job.history_limit + 1)
+    return job
+
+
+def restored_session(
+    saved: SessionRow, recovered: Recovered, *, max_buffered_events: int, resume_window_sec: float
+) -> Session:
+    """A persisted session, detached: RAM holds none of its events (the store has them)."""
+    low, high = recovered.event_bounds.get(saved.session_id, (None, 0))
+    return Session(
+        session_id=saved.session_id,
+        principal=saved.principal,
+        features=frozenset(saved.features),
+        dialect=Dialect(saved.dialect),
+        buffer=EventBuffer.restore(
+            [],
+            max_events=max_buffered_events,
+            acked_through=saved.acked_through,
+            evicted_through=saved.evicted_through,
+            cache_limit=0,
+            last_seq=high,
+            first_stored_seq=low,
+        ),
+        window=ResumeWindow(window_sec=resume_window_sec),
+        token_hash=saved.token_hash,
+        confirmed_token_hash=saved.confirmed_token_hash,
+        client_name=saved.client_name,
+        submitted=set(saved.submitted),
+        subscribed=set(saved.subscribed),
     )
