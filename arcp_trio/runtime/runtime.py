@@ -106,7 +106,7 @@ from .context import JobContext
 from .ledger import CredentialLedger
 from .otel import NoTelemetry, Telemetry
 from .recovery import job_to_row, restored_job, restored_session, session_to_row
-from .session import Session, hash_token
+from .session import Session, SessionDirectory, hash_token
 from .shapes import (
     accepted_payload,
     job_summary,
@@ -256,7 +256,7 @@ class Runtime(metaclass=NoPublicConstructor):
         self._history_ram: dict[str, JobRecord] = {}
         self._history_ram_total = 0
         self._live: dict[str, _LiveJob] = {}
-        self._sessions: dict[str, Session] = {}
+        self._sessions = SessionDirectory()
         self._connections: set[Connection] = set()
         self._connections_changed = trio.Event()
         self._limiter = (
@@ -288,11 +288,11 @@ class Runtime(metaclass=NoPublicConstructor):
     def statistics(self) -> RuntimeStatistics:
         return RuntimeStatistics(
             sessions=len(self._sessions),
-            attached_sessions=sum(1 for s in self._sessions.values() if s.connection is not None),
+            attached_sessions=sum(1 for s in self._sessions if s.connection is not None),
             jobs_total=len(self.jobs),
             jobs_active=sum(1 for live in self._live.values() if not live.done.is_set()),
-            buffered_events=sum(len(s.buffer) for s in self._sessions.values()),
-            cached_events=sum(s.buffer.cached for s in self._sessions.values()),
+            buffered_events=sum(len(s.buffer) for s in self._sessions),
+            cached_events=sum(s.buffer.cached for s in self._sessions),
             cached_history_events=self._history_ram_total,
             unrevoked_credentials=self._ledger.unrevoked,
         )
@@ -459,7 +459,7 @@ class Runtime(metaclass=NoPublicConstructor):
             window=ResumeWindow(window_sec=self.config.resume_window_sec),
             client_name=hello.client.name,
         )
-        self._sessions[session.session_id] = session
+        self._sessions.add(session)
         log.info(
             "session opened session_id=%s principal=%s client=%s",
             session.session_id,
@@ -490,11 +490,7 @@ class Runtime(metaclass=NoPublicConstructor):
         if session_id is not None:
             session = self._sessions.get(session_id)
         else:
-            wanted = hash_token(token)
-            session = next(
-                (s for s in self._sessions.values() if wanted in s.valid_token_hashes()),
-                None,
-            )
+            session = self._sessions.find_by_token(hash_token(token))
         if session is None:
             # Unknown and forgotten sessions look the same: the window is over.
             raise ResumeWindowExpired(
@@ -526,6 +522,7 @@ class Runtime(metaclass=NoPublicConstructor):
         session.buffer.check_covers(after)
         cached = session.buffer.cached_after(after)
         session.presented(hash_token(token))  # accepted: older tokens retire
+        self._sessions.tokens_changed(session)
         if session.connection is not None:
             # The old connection is half-open or slow to notice; the token holder wins.
             session.connection.abort("superseded by a resume")
@@ -594,6 +591,7 @@ class Runtime(metaclass=NoPublicConstructor):
             reply_batch=self.config.ping_reply_batch_sec,
         )
         token = session.rotate_token()
+        self._sessions.tokens_changed(session)
         connection.token_hash = session.token_hash
         self._save_session(session)
         agents: list[Any]
@@ -671,7 +669,7 @@ class Runtime(metaclass=NoPublicConstructor):
         if session.forgotten:
             return
         session.forgotten = True
-        self._sessions.pop(session.session_id, None)
+        self._sessions.remove(session)
         self._store.delete_session(session.session_id)
         for job_id in session.watching:
             job = self.jobs.get(job_id)
@@ -688,6 +686,7 @@ class Runtime(metaclass=NoPublicConstructor):
         session = connection.session
         if session.connection is connection:
             session.confirm_token(connection.token_hash)
+            self._sessions.tokens_changed(session)
             self._save_session(session)
 
     async def _dispatch(self, connection: Connection, envelope: Envelope) -> None:
@@ -1415,7 +1414,7 @@ class Runtime(metaclass=NoPublicConstructor):
                 max_buffered_events=self.config.max_buffered_events,
                 resume_window_sec=self.config.resume_window_sec,
             )
-            self._sessions[session.session_id] = session
+            self._sessions.add(session)
             for job_id in session.watching:
                 watched = self.jobs.get(job_id)
                 if watched is not None:
