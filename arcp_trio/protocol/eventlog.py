@@ -67,8 +67,9 @@ class EventBuffer:
     *Held* events (``first_held_seq()`` to ``last_seq``) are the ones a resume may ask
     for. Without a durable store every held event is in RAM. With one, RAM keeps only
     the newest ``cache_limit`` of them (``first_cached_seq()`` on) and the store has
-    the rest (``replay_plan`` says which part to read from where); ``cache_limit`` 0
-    (a detached session) keeps none.
+    the rest (``cached_after`` says whether RAM has all a resume needs, and
+    ``first_cached_seq`` where the store's part ends); ``cache_limit`` 0 (a detached
+    session) keeps none.
     """
 
     def __init__(self, *, max_events: int, cache_limit: int | None = None) -> None:
@@ -142,13 +143,10 @@ class EventBuffer:
                     self._notice_pending = True
         self._drop_cached_through(self._first_held - 1)
 
-    def _drop_cached_through(self, seq: int) -> int:
+    def _drop_cached_through(self, seq: int) -> None:
         events = self._events
-        dropped = 0
         while events and events[0].seq <= seq:
             events.popleft()
-            dropped += 1
-        return dropped
 
     def set_cache_limit(self, limit: int) -> None:
         """How many of the newest held events RAM keeps (spilling buffers only).
@@ -182,13 +180,6 @@ class EventBuffer:
         # own append causes (of the previous notice) cannot re-arm the episode.
         self._notice_seq = self._last_seq + 1
         return notice
-
-    def last(self) -> BufferedEvent | None:
-        """The most recently stamped event, if RAM still holds it."""
-        events = self._events
-        if events and events[-1].seq == self._last_seq:
-            return events[-1]
-        return None
 
     @classmethod
     def restore(

@@ -1349,8 +1349,7 @@ class Runtime(metaclass=NoPublicConstructor):
         ]
         for job in expired:
             self.jobs.remove(job)
-            self._history_ram_total -= len(job.history)
-            self._history_ram.pop(job.job_id, None)
+            self._uncache_history(job)
             self._store.delete_job(job.job_id)
             if job.idempotency_key is not None:
                 self._store.delete_idempotency(job.principal, job.idempotency_key)

@@ -409,12 +409,17 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             raise StoreError(f"could not read {self.path}: {exc}") from exc
 
-    async def _read(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-        # Everything queued before the read is committed first, so a page never
-        # misses what the runtime has already told the store.
+    async def _committed_now(self) -> int:
+        """Wait until every write queued so far has been applied; returns their count."""
         target = self._queued
         while self._committed < target:
             await self._changed.wait()
+        return target
+
+    async def _read(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        # Everything queued before the read is committed first, so a page never
+        # misses what the runtime has already told the store.
+        await self._committed_now()
         return await trio.to_thread.run_sync(
             self._read_sync, sql, params, limiter=self._read_limiter
         )
@@ -449,9 +454,7 @@ class SQLiteStore:
         Raises:
             StoreError: a batch holding some of them failed.
         """
-        target = self._queued
-        while self._committed < target:
-            await self._changed.wait()
+        target = await self._committed_now()
         for start, end, error in self._failed:
             if start < target and end > since:
                 raise error
