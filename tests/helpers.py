@@ -9,10 +9,13 @@ from __future__ import annotations
 import base64
 import json
 import os
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import trio
 
+from arcp_trio.protocol.job import JobRecord
+from arcp_trio.protocol.leases import parse_lease
 from arcp_trio.protocol.session import ALL_FEATURES
 from arcp_trio.transport.memory import memory_transport_pair
 from arcp_trio.wire.codec import decode
@@ -21,7 +24,6 @@ from arcp_trio.wire.timestamps import trio_wall_clock_at
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
-    from datetime import datetime
 
     from arcp_trio.runtime.runtime import Runtime
     from arcp_trio.transport.base import Transport
@@ -181,3 +183,24 @@ async def raw_websocket_upgrade(host: str, port: int) -> tuple[trio.SocketStream
     response, _, rest = head.partition(b"\r\n\r\n")
     assert response.startswith(b"HTTP/1.1 101"), response
     return stream, rest
+
+
+def job_record(**fields: Any) -> JobRecord:
+    """A ``JobRecord`` of alice's ``ticker`` job ``job_1``, with ``fields`` replaced."""
+    base: dict[str, Any] = {
+        "job_id": "job_1",
+        "ordinal": 1,
+        "principal": "alice",
+        "session_id": "sess_1",
+        "agent_name": "ticker",
+        "agent_version": None,
+        "lease": parse_lease({}),
+        "lease_constraints": None,
+        "budget": None,
+        "trace_id": None,
+        "parent_job_id": None,
+        "delegate_id": None,
+        "created_at": datetime(2026, 1, 1, tzinfo=UTC),
+        "accepted_at": "2026-01-01T00:00:00Z",
+    }
+    return JobRecord(**(base | fields))

@@ -8,33 +8,15 @@ durable store has every event) keeps at most ``history_cache_limit`` in RAM, and
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from arcp_trio.protocol.job import JobRecord
-from arcp_trio.protocol.leases import parse_lease
+from tests.helpers import job_record
 
-
-def job(**history: object) -> JobRecord:
-    return JobRecord(
-        job_id="job_1",
-        ordinal=1,
-        principal="alice",
-        session_id="sess_1",
-        agent_name="ticker",
-        agent_version=None,
-        lease=parse_lease({}),
-        lease_constraints=None,
-        budget=None,
-        trace_id=None,
-        parent_job_id=None,
-        delegate_id=None,
-        created_at=datetime(2026, 1, 1, tzinfo=UTC),
-        accepted_at="2026-01-01T00:00:00Z",
-        **history,  # type: ignore[arg-type]
-    )
+if TYPE_CHECKING:
+    from arcp_trio.protocol.job import JobRecord
 
 
 def emit(record: JobRecord, count: int) -> None:
@@ -43,7 +25,7 @@ def emit(record: JobRecord, count: int) -> None:
 
 
 def test_the_limit_moves_the_start_and_ram_follows() -> None:
-    record = job(history_limit=5)
+    record = job_record(history_limit=5)
     emit(record, 8)
     assert record.history_start == 4
     assert [e.number for e in record.history] == [4, 5, 6, 7, 8]
@@ -55,7 +37,7 @@ def test_the_limit_moves_the_start_and_ram_follows() -> None:
 
 
 def test_without_a_store_what_ram_drops_is_gone_and_said() -> None:
-    record = job(history_limit=100)
+    record = job_record(history_limit=100)
     emit(record, 10)
     assert record.drop_cached(4) == 4
     assert record.history_start == 5
@@ -65,7 +47,7 @@ def test_without_a_store_what_ram_drops_is_gone_and_said() -> None:
 
 
 def test_a_spilling_history_keeps_its_events_in_the_store_not_in_ram() -> None:
-    record = job(history_limit=100, history_spills=True, history_cache_limit=3)
+    record = job_record(history_limit=100, history_spills=True, history_cache_limit=3)
     emit(record, 10)
     assert [e.number for e in record.history] == [8, 9, 10]
     assert record.history_start == 1  # all ten are held: the store has them
@@ -87,7 +69,9 @@ def test_a_spilling_history_keeps_its_events_in_the_store_not_in_ram() -> None:
 def test_ram_is_always_a_bounded_tail_of_what_is_held(
     limit: int, cache: int | None, steps: list[tuple[bool, int]]
 ) -> None:
-    record = job(history_limit=limit, history_spills=cache is not None, history_cache_limit=cache)
+    record = job_record(
+        history_limit=limit, history_spills=cache is not None, history_cache_limit=cache
+    )
     for drop, count in steps:
         if drop:
             record.drop_cached(count)

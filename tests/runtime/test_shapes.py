@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from arcp_trio.protocol.eventlog import OverflowNotice
-from arcp_trio.protocol.job import JobRecord
 from arcp_trio.protocol.leases import Budget, parse_lease
 from arcp_trio.protocol.session import Dialect
 from arcp_trio.runtime.shapes import (
@@ -14,27 +13,21 @@ from arcp_trio.runtime.shapes import (
     overflow_body,
     subscribed_payload,
 )
+from tests.helpers import job_record
+
+if TYPE_CHECKING:
+    from arcp_trio.protocol.job import JobRecord
 
 SECRET = {"id": "cred_1", "scheme": "bearer", "value": "s3cret", "endpoint": "https://x"}
 
 
 def job() -> JobRecord:
     lease = parse_lease({"cost.budget": ["USD:5.00"]})
-    record = JobRecord(
-        job_id="job_1",
-        ordinal=1,
-        principal="alice",
-        session_id="sess_1",
-        agent_name="ticker",
+    record = job_record(
         agent_version="1.0.0",
         lease=lease,
-        lease_constraints=None,
         budget=Budget.from_patterns(lease.grants["cost.budget"]),
         trace_id="trace_1",
-        parent_job_id=None,
-        delegate_id=None,
-        created_at=datetime(2026, 1, 1, tzinfo=UTC),
-        accepted_at="2026-01-01T00:00:00Z",
     )
     record.credentials.append(dict(SECRET))
     return record
