@@ -266,3 +266,36 @@ async def test_without_a_store_job_histories_are_capped_and_say_so(
     assert lines(frames) == [f"line {i}" for i in range(1000 - held, 1000)]
     assert whole["payload"]["replayed"] == 200
     assert "history_missing" not in whole["payload"]
+
+
+class _Watched(SQLiteStore):
+    """A real SQLite store that remembers the most writes it ever had pending."""
+
+    most_pending = 0
+
+    def append_event(self, session_id: str, seq: int, job_id: str, frame: str) -> None:
+        super().append_event(session_id, seq, job_id, frame)
+        self.most_pending = max(self.most_pending, self._queued - self._committed)
+
+
+async def test_an_agent_waits_for_the_writer_past_the_write_behind_bound(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """The agent's batch point waits while the store is congested, so what is queued
+    in RAM stays near the bound (an emit is two writes; the store is looked at once
+    every 33 emits), instead of growing with the job."""
+    store = _Watched(tmp_path / "rt.sqlite3", max_pending_writes=200)
+    with trio.fail_after(60):
+        async with open_runtime(
+            agents=demo_registry(),
+            tokens=TOKENS,
+            wall_clock=trio_wall_clock,
+            store=store,
+            config=CONFIG,
+        ) as runtime:
+            peer, _ = await connect(runtime, nursery)
+            await peer.hello()
+            accepted = await peer.submit("chatty", {"n": 20_000})
+            frames = await peer.recv_terminal(accepted["job_id"], timeout=60)
+    assert len(lines(frames)) == 20_000
+    assert store.most_pending <= 200 + 2 * 33 + 10
