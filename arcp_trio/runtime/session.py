@@ -25,14 +25,12 @@ from ..wire.codec import encode_job_frame
 from ..wire.ids import new_id
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from ..protocol.eventlog import EventBuffer
     from ..protocol.session import Dialect, ResumeWindow
     from ..wire.messages import MessageType
     from .connection import Connection
 
-__all__ = ["Session", "SessionDirectory", "hash_token"]
+__all__ = ["Session", "hash_token"]
 
 #: Tokens kept valid while the client has not answered a welcome.
 _MAX_UNCONFIRMED = 8
@@ -142,57 +140,3 @@ class Session:
         if connection is not None and not self.catching_up:
             connection.enqueue(frame)
         return frame
-
-
-class SessionDirectory:
-    """The runtime's sessions, by id and by the hash of every token that resumes them.
-
-    A resume that names no session (``session.hello`` with only a resume token) is
-    one dict lookup, not a scan of every session: a client must not be able to make
-    the runtime hash through thousands of sessions per frame. The runtime calls
-    ``tokens_changed`` after it rotates, confirms or retires a session's tokens.
-    Synchronous: each call is one step, atomic between checkpoints.
-    """
-
-    def __init__(self) -> None:
-        self._by_id: dict[str, Session] = {}
-        self._by_token: dict[str, Session] = {}
-        self._indexed: dict[str, set[str]] = {}
-
-    def add(self, session: Session) -> None:
-        self._by_id[session.session_id] = session
-        self.tokens_changed(session)
-
-    def get(self, session_id: str) -> Session | None:
-        return self._by_id.get(session_id)
-
-    def find_by_token(self, token_hash: str) -> Session | None:
-        """The session that ``token_hash`` resumes, if any."""
-        return self._by_token.get(token_hash)
-
-    def tokens_changed(self, session: Session) -> None:
-        """Index exactly the session's valid token hashes (at most a few)."""
-        if self._by_id.get(session.session_id) is not session:
-            return
-        valid = session.valid_token_hashes()
-        old = self._indexed.get(session.session_id, set())
-        for gone in old - valid:
-            if self._by_token.get(gone) is session:
-                del self._by_token[gone]
-        for token_hash in valid - old:
-            self._by_token[token_hash] = session
-        self._indexed[session.session_id] = valid
-
-    def remove(self, session: Session) -> None:
-        if self._by_id.get(session.session_id) is not session:
-            return
-        del self._by_id[session.session_id]
-        for token_hash in self._indexed.pop(session.session_id, set()):
-            if self._by_token.get(token_hash) is session:
-                del self._by_token[token_hash]
-
-    def __len__(self) -> int:
-        return len(self._by_id)
-
-    def __iter__(self) -> Iterator[Session]:
-        return iter(self._by_id.values())

@@ -552,7 +552,7 @@ class ProgramRunner:
         actor.max_seq = seq
         actor.frames_by_seq[seq] = text
         job_id = str(frame.get("job_id"))
-        record = self.runtime.jobs.get(job_id)
+        record = self.runtime.job(job_id)
         if record is None:
             self._fail(f"{where}: a frame for an unknown job {job_id}")
             return
@@ -1059,7 +1059,7 @@ class ProgramRunner:
             frames_by_seq=actor.frames_by_seq,
         )
         for job_id, view in actor.handles.items():
-            record = self.runtime.jobs.get(job_id)
+            record = self.runtime.job(job_id)
             # aclose() ends the handles, never the jobs (client.md).
             running = record is not None and record.terminal is None
             if running and not isinstance(view.error, ClientClosed):
@@ -1249,7 +1249,7 @@ class ProgramRunner:
             if not owner or handle_view is None or not actor.connected or actor.client is None:
                 return
             # Through the user API: JobHandle.cancel.
-            record = self.runtime.jobs.get(job.job_id)
+            record = self.runtime.job(job.job_id)
             running = record is not None and not record.is_terminal
             handle = handle_view.handle
             if handle is None:
@@ -1262,7 +1262,7 @@ class ProgramRunner:
             return
         if not isinstance(actor, _Peer) or not actor.attached:
             return
-        record = self.runtime.jobs.get(job.job_id)
+        record = self.runtime.job(job.job_id)
         assert record is not None
         running = not record.is_terminal
         _, reply = await self._peer_request(
@@ -1297,7 +1297,7 @@ class ProgramRunner:
         job = self._job(step.job)
         if actor is None or job is None:
             return
-        record = self.runtime.jobs.get(job.job_id)
+        record = self.runtime.job(job.job_id)
         assert record is not None
         view = actor.view(job.job_id)
         if isinstance(actor, _ClientActor):
@@ -1376,7 +1376,9 @@ class ProgramRunner:
         listed = {entry["job_id"] for entry in reply["payload"].get("jobs", [])}
         mine = {j.job_id for j in self.jobs if j.principal == actor.principal}
         if not listed <= {
-            record.job_id for record in self.runtime.jobs if record.principal == actor.principal
+            job_id
+            for job_id in self.runtime.job_ids()
+            if getattr(self.runtime.job(job_id), "principal", None) == actor.principal
         }:
             self._fail(f"session #{actor.index}: list_jobs shows another principal's jobs")
         if not mine <= listed:
@@ -1432,7 +1434,7 @@ class ProgramRunner:
                         f"the runtime stamped {buffer.last_seq}"
                     )
             for job_id, view in actor.views.items():
-                record = self.runtime.jobs.get(job_id)
+                record = self.runtime.job(job_id)
                 if record is None:
                     continue
                 in_watchers = actor.session_id in record.watchers
@@ -1451,7 +1453,7 @@ class ProgramRunner:
                         f"{where}: watches {job_id}: model {view.watching}, runtime {in_watchers}"
                     )
         for job in self.jobs:
-            record = self.runtime.jobs.get(job.job_id)
+            record = self.runtime.job(job.job_id)
             if record is None:
                 self._fail(f"job {job.job_id} disappeared")
                 continue
@@ -1519,7 +1521,7 @@ class ProgramRunner:
             if not attached:
                 continue
             for job_id, view in actor.views.items():
-                record = self.runtime.jobs.get(job_id)
+                record = self.runtime.job(job_id)
                 if record is None or record.terminal is None or not view.watching or view.gap:
                     continue
                 if view.terminals != 1:
@@ -1530,7 +1532,7 @@ class ProgramRunner:
 
     def _check_handles(self, actor: _ClientActor) -> None:
         for job_id, view in actor.handles.items():
-            record = self.runtime.jobs.get(job_id)
+            record = self.runtime.job(job_id)
             if record is None or record.terminal is None:
                 continue
             if not view.done:

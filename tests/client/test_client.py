@@ -144,7 +144,7 @@ async def test_an_unsubscribe_while_disconnected_reaches_the_runtime_on_reconnec
     and the runtime would keep routing the job's events to it."""
     async with client_for(link) as owner, client_for(link) as watcher:
         handle = await owner.submit("slow", input={"seconds": 100})
-        job = link.runtime.jobs.get(handle.job_id)
+        job = link.runtime.job(handle.job_id)
         assert job is not None
         async with watcher.subscribe(handle.job_id):
             assert watcher.session_id in job.watchers
@@ -218,7 +218,7 @@ async def test_requests_in_flight_are_retried_safely(
         outcome = await submitted[0].result()
         assert outcome.result["echo"] == "once"
         # The auto-added idempotency key made the re-sent submit safe: one job.
-        assert len(link.runtime.jobs) == 1
+        assert len(link.runtime.job_ids()) == 1
 
 
 async def test_client_detects_heartbeat_loss_and_resumes(

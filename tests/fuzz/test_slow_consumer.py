@@ -51,7 +51,7 @@ async def test_a_stalled_consumer_is_bounded_signalled_and_loses_nothing(
             await trio.sleep(2)  # virtual time: everything that can happen, has
             session = runtime.session(client.session_id or "")
             assert session is not None
-            job = runtime.jobs.get(handle.job_id)
+            job = runtime.job(handle.job_id)
             assert job is not None
             buffered, queued = held_for(session)
             # The agent was slowed down, not the memory grown: it is still running, far

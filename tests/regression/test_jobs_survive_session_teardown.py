@@ -71,7 +71,7 @@ async def test_job_survives_transport_drop(
     peer, raw, job_id = await start_ticker(runtime, nursery)
     raw.abort()
     await trio.sleep(4.5)  # the job keeps emitting while nobody is attached
-    assert runtime.jobs.get(job_id).status == "running"  # type: ignore[union-attr]
+    assert runtime.job(job_id).status == "running"  # type: ignore[union-attr]
     frames = await resume_and_collect(runtime, nursery, peer, job_id, 3)
     assert ticks(frames, job_id) == [4, 5, 6, 7, 8, 9, 10]
     assert [f["event_seq"] for f in frames if "event_seq" in f] == list(range(4, 12))
@@ -118,7 +118,7 @@ async def test_job_survives_heartbeat_loss(
     assert session is not None
     assert session.connection is None
     assert session.window.detached_at == last_sent + 20
-    assert runtime.jobs.get(job_id).status == "running"  # type: ignore[union-attr]
+    assert runtime.job(job_id).status == "running"  # type: ignore[union-attr]
     frames = await resume_and_collect(runtime, nursery, peer, job_id, 3)
     assert ticks(frames, job_id) == [4, 5, 6, 7, 8, 9, 10]
     assert frames[-1]["payload"]["result"] == {"ticks": 10}
@@ -237,7 +237,7 @@ async def test_a_connection_task_that_raises_disturbs_no_job(
     # The send task raises on its next write; the connection ends, nothing else.
     with pytest.raises(TransportBroken):
         await drain(peer, frames)
-    assert runtime.jobs.get(job_id).status == "running"  # type: ignore[union-attr]
+    assert runtime.job(job_id).status == "running"  # type: ignore[union-attr]
     resumed = await resume_and_collect(runtime, nursery, peer, job_id, peer.last_event_seq)
     assert ticks(frames + resumed, job_id) == list(range(1, 11))
 

@@ -117,7 +117,7 @@ async def test_rotation_goes_to_the_submitter_only_and_revokes_the_old_value(
             assert rotations[0]["id"] == old["id"]
             new_value = rotations[0]["value"]
             assert frames[-1]["payload"]["result"] == {"rotated": True}
-            job = runtime.jobs.get(accepted["job_id"])
+            job = runtime.job(accepted["job_id"])
             assert job is not None
             # Never in the job's event history (so never replayed to subscribers).
             assert all("credential_rotated" not in e.payload_json for e in job.history)

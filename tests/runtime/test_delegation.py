@@ -83,7 +83,7 @@ async def test_delegator_runs_a_child_with_a_narrower_lease(
         assert delegate["kind"] == "delegate"
         assert delegate["body"]["child_job_id"] == result["child_job_id"]
         assert delegate["body"]["lease"] == {"fs.read": ["/data/a/**"]}
-        child = runtime.jobs.get(result["child_job_id"])
+        child = runtime.job(result["child_job_id"])
         assert child is not None
         assert child.parent_job_id == frames[-1]["job_id"]
         assert child.principal == "alice"
@@ -106,7 +106,7 @@ async def test_a_wider_child_lease_is_a_subset_violation(
         )
         assert frames[-1]["type"] == "job.error"
         assert frames[-1]["payload"]["code"] == "LEASE_SUBSET_VIOLATION"
-        assert len(runtime.jobs) == 1  # no child was started
+        assert len(runtime.job_ids()) == 1  # no child was started
 
 
 async def test_delegating_needs_agent_delegate(
@@ -182,9 +182,9 @@ async def test_a_child_inherits_the_parents_expiry(
         status = await peer.recv_until(
             lambda f: f["type"] == "job.event" and f["payload"]["kind"] == "status"
         )
-        child = runtime.jobs.get(status[-1]["payload"]["body"]["child_job_id"])
+        child = runtime.job(status[-1]["payload"]["body"]["child_job_id"])
         assert child is not None
-        parent = runtime.jobs.get(accepted["job_id"])
+        parent = runtime.job(accepted["job_id"])
         assert parent is not None
         assert child.lease.expires_at == parent.lease.expires_at
         done = await runtime.wait_job_done(child.job_id)

@@ -290,7 +290,7 @@ async def test_cancel_by_the_submitter(
     else:
         assert terminal["type"] == "job.result"
         assert terminal["payload"]["final_status"] == "cancelled"
-    assert runtime.jobs.get(job_id).status == "cancelled"  # type: ignore[union-attr]
+    assert runtime.job(job_id).status == "cancelled"  # type: ignore[union-attr]
 
 
 async def test_cancel_authority_survives_resume(
@@ -332,7 +332,7 @@ async def test_only_the_submitting_session_may_cancel(
     reply = await stranger.recv_type("session.error")
     # No existence leak across principals (§6.6, §14).
     assert reply["payload"]["code"] == "JOB_NOT_FOUND"
-    assert runtime.jobs.get(job_id).status == "running"  # type: ignore[union-attr]
+    assert runtime.job(job_id).status == "running"  # type: ignore[union-attr]
 
 
 async def test_cancel_unknown_job(
@@ -382,7 +382,7 @@ async def test_idempotency_is_atomic_across_sessions(
         for peer in peers:
             inner.start_soon(submit, peer)
     assert len({r["payload"]["job_id"] for r in replies}) == 1
-    assert len(runtime.jobs) == 1
+    assert len(runtime.job_ids()) == 1
     # Every session that resubmitted watches the job and sees its terminal.
     for peer in peers:
         terminal = await peer.recv_type("job.result")
@@ -721,8 +721,8 @@ async def test_jobs_beyond_the_concurrency_limit_wait_as_pending(
         first = (await peer.submit("slow", {"seconds": 5}))["job_id"]
         second = (await peer.submit("slow", {"seconds": 5}))["job_id"]
         await trio.sleep(1)
-        assert rt.jobs.get(first).status == "running"  # type: ignore[union-attr]
-        assert rt.jobs.get(second).status == "pending"  # type: ignore[union-attr]
+        assert rt.job(first).status == "running"  # type: ignore[union-attr]
+        assert rt.job(second).status == "pending"  # type: ignore[union-attr]
         assert rt.statistics().jobs_active == 2
         start = trio.current_time()
         await rt.wait_job_done(second)
@@ -789,7 +789,7 @@ async def test_subscribe_while_the_emitter_waits_on_back_pressure_is_exactly_onc
         await owner.hello()
         accepted = await owner.submit("chatty", {"n": 60})
         await trio.sleep(1)  # the owner reads nothing: the agent is now blocked
-        assert rt.jobs.get(accepted["job_id"]).status == "running"  # type: ignore[union-attr]
+        assert rt.job(accepted["job_id"]).status == "running"  # type: ignore[union-attr]
         watcher = await session(rt, nursery)
         await watcher.send("job.subscribe", {"job_id": accepted["job_id"], "history": True})
         await watcher.recv_type("job.subscribed")

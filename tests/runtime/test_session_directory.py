@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from arcp_trio.protocol.eventlog import EventBuffer
 from arcp_trio.protocol.session import Dialect, ResumeWindow
-from arcp_trio.runtime.session import Session, SessionDirectory, hash_token
+from arcp_trio.runtime.session import Session, hash_token
+from arcp_trio.runtime.state import MemorySessionDirectory as SessionDirectory
 
 
 def session(number: int) -> Session:

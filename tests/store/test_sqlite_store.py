@@ -116,7 +116,7 @@ async def test_a_failed_write_is_never_acknowledged(tmp_path: Path, nursery: tri
             assert reply["type"] == "session.error"
             assert reply["payload"]["code"] == "INTERNAL_ERROR"
             assert reply["payload"]["retryable"] is True
-            assert len(runtime.jobs) == 1
+            assert len(runtime.job_ids()) == 1
             store._db.execute("PRAGMA query_only = OFF")
             again = await peer.submit("echo", 3)
             assert again["type"] == "job.accepted"
@@ -165,8 +165,8 @@ async def test_the_runtime_comes_back_from_its_file(tmp_path: Path, nursery: tri
             store=SQLiteStore(path),
             config=config,
         ) as runtime:
-            assert runtime.jobs.get(done["job_id"]).status == "success"  # type: ignore[union-attr]
-            job = runtime.jobs.get(running["job_id"])
+            assert runtime.job(done["job_id"]).status == "success"  # type: ignore[union-attr]
+            job = runtime.job(running["job_id"])
             assert job is not None
             assert job.status == "error"
             assert job.terminal is not None
@@ -201,11 +201,11 @@ async def test_retention_reclaims_finished_jobs(
             accepted = await peer.submit("echo", i, idempotency_key=f"k{i}")
             await peer.recv_terminal(accepted["job_id"])
         running = await peer.submit("slow", {"seconds": 10_000})
-        assert len(runtime.jobs) == 6
+        assert len(runtime.job_ids()) == 6
         await trio.sleep(3600 + 61)
         # Finished jobs past retention are gone (so are their idempotency keys); the
         # running one stays, whatever its age.
-        assert [job.job_id for job in runtime.jobs] == [running["job_id"]]
+        assert runtime.job_ids() == [running["job_id"]]
         later, _ = await connect(runtime, nursery)  # the idle first one was dropped
         await later.hello()
         fresh = await later.submit("echo", 0, idempotency_key="k0")

@@ -164,16 +164,26 @@ def test_it_catches_a_leak_to_another_principal() -> None:
 
 
 def test_it_catches_a_job_ended_by_its_session(monkeypatch: pytest.MonkeyPatch) -> None:
-    from arcp_trio.runtime.runtime import Runtime
+    from arcp_trio.protocol.job import JobStatus, Terminal
+    from arcp_trio.runtime.handshake import Handshake
+    from arcp_trio.runtime.jobs import JobRunner
 
-    original = Runtime._detach
+    runners: list[JobRunner] = []
+    original_init = JobRunner.__init__
+    original_detach = Handshake.detach
 
-    def cancel_on_detach(self: Runtime, connection: Any) -> None:
-        original(self, connection)
+    def tracked(self: JobRunner, **kwargs: Any) -> None:
+        original_init(self, **kwargs)
+        runners.append(self)
+
+    def cancel_on_detach(self: Handshake, connection: Any) -> None:
+        original_detach(self, connection)
+        why = Terminal(status=JobStatus.CANCELLED, completed_at="", code="CANCELLED")
         for job_id in list(connection.session.submitted):
-            self._end_job(job_id, "CANCELLED", "the C# bug")
+            runners[-1].end(job_id, why)  # the C# bug
 
-    monkeypatch.setattr(Runtime, "_detach", cancel_on_detach)
+    monkeypatch.setattr(JobRunner, "__init__", tracked)
+    monkeypatch.setattr(Handshake, "detach", cancel_on_detach)
     with pytest.raises(InvariantViolation, match="the program made it run"):
         run([Open("alice", "peer", "spec"), Submit(0), Drop(0)])
 

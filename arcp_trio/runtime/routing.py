@@ -1,0 +1,231 @@
+"""Routing: the flow of one event from a job to every session that watches it.
+
+``EventRouter.publish`` records the event in the job's history (RAM's bounded
+cache and the event log) and stamps it into each watching session's stream
+(``Session.deliver``: the next ``event_seq``, the buffer, the attached connection's
+outbox), synchronously: the order events are published is the order every session
+sees them (§8.3). The send tasks take their turn at the agent's next ``await``.
+
+It also carries the other two deliveries: a terminal to every watcher, and one
+frame to one session (a replay, a rotated credential), and the cancel requests
+that reach the process running a job (``request_cancel``). In one process that is
+a call; on a cluster it is the message to the job's owner.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ..protocol.job import JobRecord, Terminal
+from ..wire.codec import dumps
+from ..wire.ids import new_frame_id, new_ulid
+from ..wire.messages import MessageType
+from .shapes import overflow_body
+
+if TYPE_CHECKING:
+    from ..protocol.eventlog import OverflowNotice
+    from ..protocol.session import Dialect
+    from ..store.base import EventLog
+    from .session import Session
+    from .state import SessionDirectory
+
+__all__ = ["EventRouter", "Router"]
+
+log = logging.getLogger(__name__)
+
+#: ``(job_id, why) -> whether the job was running and is now ending``.
+Canceller = Callable[[str, Terminal], bool]
+
+
+class Router(Protocol):
+    """Delivery of a job's events and terminal, and of cancel requests."""
+
+    def publish(self, job: JobRecord, kind: str, body: Any) -> None:
+        """One event (§8.2): into the job's history and every watcher's stream, in
+        order, exactly once each. Never waits."""
+        ...
+
+    def publish_terminal(self, job: JobRecord) -> None:
+        """The job's terminal (``job.terminal``) to every watcher; the same frame id
+        to all, and again to a later subscriber (``deliver_terminal``)."""
+        ...
+
+    def deliver(
+        self,
+        session: Session,
+        job: JobRecord,
+        message_type: MessageType,
+        frame_id: str,
+        payload_json: str,
+    ) -> None:
+        """One seq-bearing frame to one session (a history replay, a credential)."""
+        ...
+
+    def deliver_terminal(self, session: Session, job: JobRecord) -> None: ...
+
+    def watching(self, job: JobRecord) -> list[Session]:
+        """The sessions the job's events go to (forgotten ones are dropped)."""
+        ...
+
+    def request_cancel(self, job_id: str, why: Terminal) -> bool:
+        """Ask whichever process runs the job to end it with ``why``. True: it was
+        running and now ends (a job already ending keeps its first reason)."""
+        ...
+
+    def uncache(self, job: JobRecord) -> None:
+        """RAM lets go of the job's history (the store has it, or it is forgotten)."""
+        ...
+
+
+class EventRouter:
+    """The in-process ``Router``, over a session directory and an event log."""
+
+    def __init__(
+        self,
+        *,
+        sessions: SessionDirectory,
+        event_log: EventLog,
+        durable: bool,
+        timestamp: Callable[[], str],
+        history_memory_events: int,
+    ) -> None:
+        self._sessions = sessions
+        self._log = event_log
+        self._durable = durable
+        self._timestamp = timestamp
+        self._history_cap = history_memory_events
+        #: Jobs whose history RAM holds events of, oldest first, and how many in all
+        #: (at most ``history_memory_events``: ``_shed_history``).
+        self._history_ram: dict[str, JobRecord] = {}
+        self.history_ram_total = 0
+        self._canceller: Canceller = lambda _job_id, _why: False
+
+    def set_canceller(self, canceller: Canceller) -> None:
+        """The job runner: where ``request_cancel`` goes in this process."""
+        self._canceller = canceller
+
+    def request_cancel(self, job_id: str, why: Terminal) -> bool:
+        return self._canceller(job_id, why)
+
+    def publish(self, job: JobRecord, kind: str, body: Any) -> None:
+        frame_id = new_frame_id()
+        payload_json = dumps({"kind": kind, "ts": self._timestamp(), "body": body})
+        history = job.history
+        before = len(history)
+        entry = job.record_event(frame_id, kind, payload_json)
+        if not before:
+            self._history_ram[job.job_id] = job
+        self.history_ram_total += len(history) - before
+        if self.history_ram_total > self._history_cap:
+            self._shed_history()
+        if self._durable:
+            self._log.append_history(job.job_id, entry.number, frame_id, kind, payload_json)
+            if entry.number > job.history_limit and entry.number % 1024 == 0:
+                # Keep the log's copy of the history as bounded as the memory one.
+                self._log.trim_history(job.job_id, entry.number - job.history_limit)
+        for session in self.watching(job):
+            self.deliver(session, job, MessageType.JOB_EVENT, frame_id, payload_json)
+
+    def publish_terminal(self, job: JobRecord) -> None:
+        terminal = job.terminal
+        assert terminal is not None
+        frame_id = new_ulid()
+        rendered: dict[Dialect, tuple[MessageType, str]] = {}
+        for session in self.watching(job):
+            if session.dialect not in rendered:
+                message_type, payload = terminal.render(session.dialect)
+                rendered[session.dialect] = (message_type, dumps(payload))
+            message_type, payload_json = rendered[session.dialect]
+            self.deliver(session, job, message_type, frame_id, payload_json)
+        job.terminal_frame_id = frame_id
+
+    def deliver_terminal(self, session: Session, job: JobRecord) -> None:
+        assert job.terminal is not None
+        message_type, payload = job.terminal.render(session.dialect)
+        self.deliver(
+            session, job, message_type, job.terminal_frame_id or new_ulid(), dumps(payload)
+        )
+
+    def watching(self, job: JobRecord) -> list[Session]:
+        sessions = []
+        for session_id in list(job.watchers):
+            session = self._sessions.get(session_id)
+            if session is None:
+                job.watchers.discard(session_id)
+            else:
+                sessions.append(session)
+        return sessions
+
+    def deliver(
+        self,
+        session: Session,
+        job: JobRecord,
+        message_type: MessageType,
+        frame_id: str,
+        payload_json: str,
+    ) -> None:
+        notice = self._stamp(session, job, message_type, frame_id, payload_json)
+        if notice is None:
+            return
+        if message_type == MessageType.JOB_EVENT:
+            self._notify_overflow(session, job, notice)
+        else:
+            # Nothing may follow a job's terminal; the next event (of any job) says it.
+            session.buffer.defer_notice(notice)
+
+    def _stamp(
+        self,
+        session: Session,
+        job: JobRecord,
+        message_type: MessageType,
+        frame_id: str,
+        payload_json: str,
+    ) -> OverflowNotice | None:
+        """``Session.deliver``, plus the event log: the stamped frame outlives a crash."""
+        frame = session.deliver(
+            message_type,
+            job_id=job.job_id,
+            trace_id=job.trace_id,
+            frame_id=frame_id,
+            payload_json=payload_json,
+        )
+        buffer = session.buffer
+        if self._durable:
+            seq = buffer.last_seq
+            self._log.append_event(session.session_id, seq, job.job_id, frame)
+            if seq % 1024 == 0 and len(buffer) >= buffer.max_events:
+                # At the cap the oldest events are evicted; keep the log bounded.
+                self._log.trim_events(session.session_id, buffer.first_held_seq() - 1)
+        return buffer.take_overflow_notice()
+
+    def _notify_overflow(self, session: Session, job: JobRecord, notice: OverflowNotice) -> None:
+        """§6.5 back-pressure signal: the buffer cap evicted unacknowledged events."""
+        log.warning(
+            "event buffer overflow session_id=%s evicted_through=%s evicted=%s",
+            session.session_id,
+            notice.evicted_through,
+            notice.evicted_count,
+        )
+        body = overflow_body(notice)
+        payload_json = dumps({"kind": "status", "ts": self._timestamp(), "body": body})
+        self._stamp(session, job, MessageType.JOB_EVENT, new_ulid(), payload_json)
+
+    def _shed_history(self) -> None:
+        """Over ``history_memory_events``: RAM lets go of the oldest jobs' oldest events
+        (down to 15/16 of the cap, so this runs once per many events). With a durable
+        store the store still has them; without one they are gone, and a subscribe
+        says so (``history_missing``)."""
+        cap = self._history_cap
+        target = cap - cap // 16
+        ram = self._history_ram
+        while self.history_ram_total > target and ram:
+            job = next(iter(ram.values()))
+            self.history_ram_total -= job.drop_cached(self.history_ram_total - target)
+            if not job.history:
+                del ram[job.job_id]
+
+    def uncache(self, job: JobRecord) -> None:
+        self.history_ram_total -= job.drop_cached(len(job.history))
+        self._history_ram.pop(job.job_id, None)
