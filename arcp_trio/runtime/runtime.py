@@ -7,9 +7,9 @@ over the rooms of ``runtime/`` (docs/architecture.md)::
 
     store_nursery               the store's writer (outlives everything below)
       job_nursery               every job's task; only jobs.py starts tasks here
-      session_nursery           timers (heartbeats, resume windows), janitor, ledger
-      connection_nursery        every connection (``handle_transport``), each with
+        connection_nursery      every connection (``handle_transport``), each with
                                 its own conn_nursery inside (connection.py)
+          session_nursery       timers (heartbeats, resume windows), janitor, ledger
 
 Rooms, and the one-way arrows between them (tests/test_layers.py keeps them)::
 
@@ -401,10 +401,13 @@ async def open_runtime(
         async with open_owner_nursery() as (store_nursery, body):
             # The writer outlives jobs and sessions, so their last words are written.
             await store_nursery.start(store.run)
+            # Nested scopes: the session nursery (cancelled at shutdown) sits inside
+            # the connection nursery, so cancelling it leaves the connections their
+            # flush; both sit inside the job nursery, which nothing cancels.
             async with (
                 trio.open_nursery() as job_nursery,
-                trio.open_nursery() as session_nursery,
                 trio.open_nursery() as connection_nursery,
+                trio.open_nursery() as session_nursery,
             ):
                 runtime = Runtime._create(
                     agents=agents,
