@@ -44,7 +44,7 @@ from ..wire.messages import (
 )
 from ..wire.timestamps import format_timestamp, parse_timestamp
 from .jobs import LiveJob
-from .shapes import accepted_payload, job_summary, subscribed_payload
+from .shapes import accepted_payload, jobs_page_payload, subscribed_payload
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -223,14 +223,10 @@ class Handlers:
                 else lambda job: self._observe_policy(session.principal, job)
             ),
         )
-        connection.reply(
-            MessageType.SESSION_JOBS,
-            {
-                "request_id": envelope.id,
-                "jobs": [job_summary(job, session.dialect) for job in jobs],
-                **({"next_cursor": next_cursor} if next_cursor is not None else {}),
-            },
+        payload = jobs_page_payload(
+            jobs, request_id=envelope.id, dialect=session.dialect, next_cursor=next_cursor
         )
+        connection.reply(MessageType.SESSION_JOBS, payload)
 
     # -- submit (§7.1, §7.2, §7.5) -----------------------------------------------------------
 

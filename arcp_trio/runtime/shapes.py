@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 __all__ = [
     "accepted_payload",
     "job_summary",
+    "jobs_page_payload",
     "overflow_body",
     "rotation_body",
     "subscribed_payload",
@@ -75,6 +76,17 @@ def job_summary(job: JobRecord, dialect: Dialect) -> dict[str, Any]:
             budget=job.budget_wire(dialect),
         )
     )
+
+
+def jobs_page_payload(
+    jobs: list[JobRecord], *, request_id: str, dialect: Dialect, next_cursor: str | None
+) -> dict[str, Any]:
+    """``session.jobs`` (§6.6): one page of summaries, and where the next begins."""
+    return {
+        "request_id": request_id,
+        "jobs": [job_summary(job, dialect) for job in jobs],
+        **({"next_cursor": next_cursor} if next_cursor is not None else {}),
+    }
 
 
 def subscribed_payload(

@@ -10,6 +10,7 @@ from arcp_trio.protocol.session import Dialect
 from arcp_trio.runtime.shapes import (
     accepted_payload,
     job_summary,
+    jobs_page_payload,
     overflow_body,
     subscribed_payload,
 )
@@ -74,3 +75,14 @@ def test_the_overflow_notice_names_what_was_evicted() -> None:
     body = overflow_body(OverflowNotice(evicted_through=40, evicted_count=12))
     assert body["phase"] == "back_pressure"
     assert (body["evicted_through"], body["evicted"]) == (40, 12)
+
+
+def test_a_jobs_page_says_where_the_next_begins_only_when_there_is_one() -> None:
+    """§6.6: ``next_cursor`` is present exactly when more jobs follow."""
+    last = jobs_page_payload([job()], request_id="r", dialect=Dialect.SPEC, next_cursor=None)
+    more = jobs_page_payload([job()], request_id="r", dialect=Dialect.SPEC, next_cursor="7")
+    assert "next_cursor" not in last
+    assert more["next_cursor"] == "7"
+    assert last["request_id"] == "r"
+    assert last["jobs"] == [job_summary(job(), Dialect.SPEC)]
+    assert "credentials" not in last["jobs"][0]  # a summary never carries them (§14)
