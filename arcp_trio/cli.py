@@ -91,6 +91,7 @@ if TYPE_CHECKING:
 
     from .client import Client, Subscription
     from .client.handles import JobHandle
+    from .runtime.auth import Authenticator
     from .transport.base import Transport
 
 __all__ = ["main"]
@@ -273,6 +274,48 @@ def _build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="PEM",
         help="the private key of --certfile (default: in the --certfile file)",
+    )
+    jwt_flags = serve.add_argument_group(
+        "JWT bearer tokens (the jwt extra: pip install 'arcp-trio[jwt]'; docs/deploy.md)"
+    )
+    keys = jwt_flags.add_mutually_exclusive_group()
+    keys.add_argument("--jwt-jwks-url", metavar="URL", help="verify JWTs with this JWKS URL")
+    keys.add_argument(
+        "--jwt-key-file",
+        type=Path,
+        metavar="FILE",
+        help="verify JWTs with this PEM public key or JWKS JSON file",
+    )
+    keys.add_argument(
+        "--jwt-secret-file",
+        type=Path,
+        metavar="FILE",
+        help="verify HS256 JWTs with the secret in this file (at least 32 bytes)",
+    )
+    jwt_flags.add_argument(
+        "--jwt-algorithm",
+        action="append",
+        default=[],
+        metavar="ALG",
+        help="an accepted algorithm (repeatable; default RS256 and ES256, or HS256 with "
+        "--jwt-secret-file); never none",
+    )
+    jwt_flags.add_argument("--jwt-issuer", metavar="ISS", help="the required iss claim")
+    jwt_flags.add_argument(
+        "--jwt-audience",
+        action="append",
+        default=[],
+        metavar="AUD",
+        help="an accepted aud (repeatable)",
+    )
+    jwt_flags.add_argument(
+        "--jwt-leeway-sec", type=float, default=30.0, metavar="SEC", help="exp/nbf leeway (30)"
+    )
+    jwt_flags.add_argument(
+        "--jwt-principal-claim",
+        default="sub",
+        metavar="CLAIM",
+        help="the claim that names the principal (default sub)",
     )
     serve.add_argument(
         "--no-reactor",
@@ -478,8 +521,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         registry = _load_agents(parser, args.agents) if args.agents else demo_registry()
         ssl_context = _server_ssl_context(parser, args)
+        authenticator = _jwt_authenticator(parser, args)
         try:
-            trio.run(_serve, args, registry, ssl_context)
+            trio.run(_serve, args, registry, ssl_context, authenticator)
         except StoreError as exc:
             print(f"arcp-trio: refusing to start: {exc.message}", file=sys.stderr)
             return EXIT_NO_SESSION
@@ -603,11 +647,51 @@ def _server_ssl_context(
     return context
 
 
+def _jwt_authenticator(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> Authenticator | None:
+    """The ``--jwt-*`` flags as a ``JWTAuth`` (None without a key source)."""
+    source = args.jwt_jwks_url or args.jwt_key_file or args.jwt_secret_file
+    if source is None:
+        if args.jwt_algorithm or args.jwt_issuer or args.jwt_audience:
+            parser.error(
+                "serve: --jwt-* flags need --jwt-jwks-url, --jwt-key-file or --jwt-secret-file"
+            )
+        return None
+    try:
+        from .runtime.jwt_auth import JWKSKeys, JWTAuth, StaticKeys
+    except ImportError as exc:
+        parser.error(f"serve: {exc}")
+    keys: Any
+    try:
+        if args.jwt_jwks_url:
+            keys = JWKSKeys(args.jwt_jwks_url)
+        elif args.jwt_key_file:
+            keys = StaticKeys.from_file(args.jwt_key_file)
+        else:
+            keys = StaticKeys.from_file(args.jwt_secret_file, secret=True)
+        default = ["HS256"] if args.jwt_secret_file else ["RS256", "ES256"]
+        audience = args.jwt_audience or None
+        return JWTAuth(
+            keys,
+            algorithms=args.jwt_algorithm or default,
+            issuer=args.jwt_issuer,
+            audience=audience[0] if audience and len(audience) == 1 else audience,
+            leeway_sec=args.jwt_leeway_sec,
+            principal_claim=args.jwt_principal_claim,
+        )
+    except (OSError, ValueError) as exc:
+        parser.error(f"serve: JWT: {exc}")
+
+
 async def _serve(
-    args: argparse.Namespace, registry: AgentRegistry, ssl_context: ssl.SSLContext | None
+    args: argparse.Namespace,
+    registry: AgentRegistry,
+    ssl_context: ssl.SSLContext | None,
+    authenticator: Authenticator | None = None,
 ) -> None:
     tokens = dict(args.token)
-    if not tokens:
+    if not tokens and authenticator is None:
         generated = secrets.token_urlsafe(24)
         tokens = {generated: "local"}
         print(f"no --token given; accepting bearer token {generated} as 'local'", file=sys.stderr)
@@ -623,7 +707,12 @@ async def _serve(
         log.warning("--demo-credentials needs the SQLite ledger: not advertised with --memory")
     async with (
         open_runtime(
-            agents=registry, tokens=tokens, config=config, store=store, provisioner=provisioner
+            agents=registry,
+            tokens=tokens,
+            authenticator=authenticator,
+            config=config,
+            store=store,
+            provisioner=provisioner,
         ) as runtime,
         trio.open_nursery() as nursery,
     ):

@@ -158,6 +158,7 @@ ROOMS: dict[str, set[str]] = {
         "state",
     },
     # Jobs publish through the router (never the handlers, never the handshake).
+    "jwt_auth": set(),
     "jobs": {
         "agents",
         "config",

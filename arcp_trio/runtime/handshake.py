@@ -57,7 +57,7 @@ if TYPE_CHECKING:
     from ..store.base import EventLog
     from ..transport.base import Transport
     from .agents import AgentRegistry
-    from .auth import BearerAuth
+    from .auth import Authenticator
     from .config import RuntimeConfig
     from .handlers import Handlers
     from .state import JobRegistry, SessionDirectory
@@ -79,7 +79,7 @@ class Handshake:
         event_log: EventLog,
         durable: bool,
         handlers: Handlers,
-        auth: BearerAuth,
+        auth: Authenticator,
         agents: AgentRegistry,
         config: RuntimeConfig,
         features: tuple[str, ...],
@@ -153,15 +153,20 @@ class Handshake:
             with suppress(TransportError):
                 await transport.send_message(encode(frame))
 
-    def _authenticate(self, scheme: str, token: str) -> str:
-        principal = self._auth.authenticate(token) if scheme.lower() == "bearer" else None
-        if principal is None:
-            raise Unauthenticated("invalid bearer token")
-        return principal
+    async def _authenticate(self, scheme: str, token: str) -> str:
+        """§6.1; never lets anything but ``UNAUTHENTICATED`` out of an authenticator
+        (fail closed: a bug in one refuses the hello, it does not end the runtime)."""
+        try:
+            return await self._auth.authenticate(scheme, token)
+        except Unauthenticated:
+            raise
+        except Exception:
+            log.warning("authenticator failed; the hello is refused", exc_info=True)
+            raise Unauthenticated("the credentials could not be checked") from None
 
     async def _hello(self, transport: Transport, envelope: Envelope) -> Connection:
         hello: SessionHello = envelope.payload
-        principal = self._authenticate(hello.auth.scheme, hello.auth.token)
+        principal = await self._authenticate(hello.auth.scheme, hello.auth.token)
         features = negotiate_features(self._features, hello.capabilities.features)
         resume = hello.resume_request()
         if resume is not None:
@@ -193,7 +198,7 @@ class Handshake:
         session = await self._find_resumable(resume.session_id, resume.resume_token)
         principal = session.principal
         if resume.auth is not None:
-            principal = self._authenticate(resume.auth.scheme, resume.auth.token)
+            principal = await self._authenticate(resume.auth.scheme, resume.auth.token)
         request = ResumeRequest(
             resume_token=resume.resume_token,
             session_id=session.session_id,

@@ -48,7 +48,7 @@ from ..wire.timestamps import (
     system_timestamp,
     system_wall_clock,
 )
-from .auth import BearerAuth
+from .auth import AnyOf, Authenticator, BearerAuth
 from .config import RuntimeConfig
 from .handlers import Handlers, LeasePolicy, ObservePolicy, same_principal
 from .handshake import Handshake
@@ -107,7 +107,7 @@ class Runtime(metaclass=NoPublicConstructor):
         self,
         *,
         agents: AgentRegistry,
-        auth: BearerAuth,
+        auth: Authenticator,
         config: RuntimeConfig,
         wall_clock: WallClock,
         observe_policy: ObservePolicy,
@@ -356,7 +356,8 @@ async def _close(transport: Transport) -> None:
 async def open_runtime(
     *,
     agents: AgentRegistry,
-    tokens: Mapping[str, str],
+    tokens: Mapping[str, str] | None = None,
+    authenticator: Authenticator | None = None,
     config: RuntimeConfig | None = None,
     wall_clock: WallClock = system_wall_clock,
     observe_policy: ObservePolicy = same_principal,
@@ -370,7 +371,10 @@ async def open_runtime(
 
     Args:
         agents: the agents it hosts.
-        tokens: bearer token → principal (§6.1).
+        tokens: static bearer token → principal (§6.1).
+        authenticator: another way in (``jwt_auth.JWTAuth``, or your own
+            ``auth.Authenticator``); with ``tokens`` too, either may prove a principal.
+            At least one of the two is required.
         config: limits and timings (``RuntimeConfig()`` defaults).
         wall_clock: source of wire timestamps and lease expiry; tests pass one tied
             to Trio's clock.
@@ -390,11 +394,19 @@ async def open_runtime(
 
     Raises:
         StoreError: the store's file is corrupt or has a newer schema.
+        ValueError: neither ``tokens`` nor an ``authenticator`` was given.
 
     On exit (normal or not) the runtime stops accepting, gives running jobs
     ``shutdown_grace_sec`` to finish, then cancels them with a terminal that every
     watcher receives.
     """
+    auth: Authenticator
+    if authenticator is None:
+        auth = BearerAuth(tokens or {})  # (refuses an empty table: nobody could log in)
+    elif tokens:
+        auth = AnyOf(BearerAuth(tokens), authenticator)
+    else:
+        auth = authenticator
     store = store or MemoryStore()
     recovered = await store.load()
     try:
@@ -411,7 +423,7 @@ async def open_runtime(
             ):
                 runtime = Runtime._create(
                     agents=agents,
-                    auth=BearerAuth(tokens),
+                    auth=auth,
                     config=config or RuntimeConfig(),
                     wall_clock=wall_clock,
                     observe_policy=observe_policy,

@@ -431,3 +431,52 @@ def test_the_reference_client_over_wss(
         )
         assert out["outcome"]["status"] == "result"
         assert out["outcome"]["payload"]["result"] == {"ticks": 3}
+
+
+# --------------------------------------------------------------------------- JWT
+
+
+@pytest.mark.skipif(runtime_kind() != "arcp_trio", reason="serve --jwt-* are arcp_trio's own flags")
+def test_the_reference_client_with_a_jwt(
+    serve_runtime: Any, run_driver: Driver, tmp_path: Any
+) -> None:
+    """`serve --jwt-key-file` accepts a JWT signed by that key (the principal from
+    `sub`) and refuses an expired one with UNAUTHENTICATED (§6.1); the reference
+    client sends both as plain bearer tokens."""
+    from datetime import datetime, timedelta
+
+    import jwt
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    (tmp_path / "issuer.pem").write_bytes(public)
+    # The runtime is another process on the system clock: so is the token.
+    from arcp_trio.wire.timestamps import system_wall_clock
+
+    now = system_wall_clock()
+
+    def mint(expires: datetime) -> str:
+        claims = {"sub": "carol", "iss": "https://id.test", "aud": "arcp", "exp": expires}
+        return jwt.encode(claims, key, algorithm="RS256")
+
+    extra = [
+        "--jwt-key-file", str(tmp_path / "issuer.pem"),
+        "--jwt-issuer", "https://id.test",
+        "--jwt-audience", "arcp",
+    ]  # fmt: skip
+    with serve_runtime(extra=extra) as rt:
+        good = check(
+            run_driver(rt.url, mint(now + timedelta(minutes=5)), "ticker", {"input": {"count": 2}})
+        )
+        assert good["outcome"]["status"] == "result"
+        assert good["outcome"]["payload"]["result"] == {"ticks": 2}
+        expired = mint(now - timedelta(minutes=5))
+        bad = check(run_driver(rt.url, rt.token_for("alice"), "bad_token", {"bad_token": expired}))
+        assert bad["connect_error"]["code"] == "UNAUTHENTICATED"
+        assert bad["error_frame"]["payload"]["code"] == "UNAUTHENTICATED"
+        # The static tokens still work beside it.
+        check(run_driver(rt.url, rt.token_for("alice"), "handshake", {}))
