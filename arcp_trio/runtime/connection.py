@@ -14,19 +14,27 @@ connection's own nursery (``conn_nursery``):
   no writer is running, one is started; it takes everything queued (up to a batch
   limit), writes it with one ``send_messages`` call, and returns once the queue is
   empty, so a chatty job costs a few large writes. One-off replies (pong,
-  acknowledgements, pings) written while nothing is queued go straight to the
-  transport (``SendsNowait``) without any task.
+  acknowledgements, pings) written while nothing is queued go straight to an
+  ``IdleTransport`` (``send_nowait``) without any task.
 * heartbeat (§6.4, when negotiated): a deadline in the runtime's ``Timers``, not a
   task: ping an idle peer; after two silent intervals declare the connection dead.
+  A ``session.pong`` is checked without a full decode and only noted for liveness.
 
-*Idle.* A transport that can tell when input is there (``ReportsReceivable``: a
+*Idle.* An ``IdleTransport`` that can tell when input is there (``receive_ready``: a
 server WebSocket read by the ``ReadReactor``) lets the connection go idle: once
 nothing is queued to read or to write, the body returns, the nursery closes, and the
-task parks in a single wait (``_park``) with nothing else alive. A frame that needs
-the task (not a pong: that is taken inline), a queued frame, or the end of the
-connection wakes it (``_wake``) and it opens a new nursery. Transports that cannot
-tell keep one nursery for the connection's whole life, the body waiting in
-``receive_message``.
+task parks in a single wait (``_spot.park``) with nothing else alive. A queued frame
+or the end of the connection wakes it (``_wake``), and so does input: the
+transport's waker is ``_spot.wake`` itself, which only reschedules the task, so
+nothing of the runtime runs in the reactor's task. Woken for input, the task first
+takes the heartbeat pongs queued (``receive_nowait``), notes them and parks again if
+that was all; any other frame it took is kept (``_held``) and is the first the
+receive loop of a new nursery handles. After a ping the transport may put off
+noticing the peer's input for ``reply_batch`` seconds (``defer_receive``), so the
+pongs to one timer pass's pings are read in one pass of the reactor, and each
+connection's task wakes once for its own. Transports that cannot tell (or are not an
+``IdleTransport``) keep one nursery for the connection's whole life, the body waiting
+in ``receive_message``.
 
 Whatever ends one of them — the peer closing, a transport error, heartbeat loss,
 ``session.close``, a bug in a handler or in the heartbeat callback — ends *only this
@@ -43,14 +51,12 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from .._util import ParkingSpot
 from ..protocol.session import HeartbeatAction, HeartbeatMonitor
 from ..transport.base import (
-    DefersReceive,
+    IdleTransport,
     MessageRefused,
     MessageTooLarge,
-    ReceivesInline,
-    ReportsReceivable,
-    SendsNowait,
     Transport,
     TransportError,
 )
@@ -100,12 +106,13 @@ class Connection:
         "_dispatch",
         "_format_ping_time",
         "_heartbeat",
-        "_nowait",
+        "_held",
+        "_idle",
         "_nursery",
-        "_parked",
         "_reply_batch",
         "_running",
         "_scope",
+        "_spot",
         "_timers",
         "_welcome_answered",
         "_writer_active",
@@ -139,20 +146,26 @@ class Connection:
         self._timers = timers
         self._format_ping_time = format_ping_time
         self.outbox = Outbox(high_water=high_water)
-        self._nowait = transport if isinstance(transport, SendsNowait) else None
+        #: The transport's idle capability, probed once (None: the general path).
+        self._idle = transport if isinstance(transport, IdleTransport) else None
         #: After a ping, the peer's input may wait this long to be read, so that the
-        #: pongs to one timer pass's pings are read in one pass (``DefersReceive``).
+        #: pongs to one timer pass's pings are read in one pass (``defer_receive``).
         self._reply_batch = reply_batch
         self._defer = (
-            transport.defer_receive
-            if reply_batch > 0 and heartbeat_interval and isinstance(transport, DefersReceive)
+            self._idle.defer_receive
+            if reply_batch > 0 and heartbeat_interval and self._idle is not None
             else None
         )
+        #: A frame the parked task took (``receive_nowait``) that is not a pong: the
+        #: receive loop handles it first.
+        self._held: str | None = None
         #: The connection's nursery and its cancel scope, while it has work.
         self._nursery: trio.Nursery | None = None
         self._scope: trio.CancelScope | None = None
-        #: The connection's task while it waits in ``_park`` (see ``_wake``).
-        self._parked: trio.lowlevel.Task | None = None
+        #: Where the connection's task waits while idle (see ``_wake``). Its ``wake``
+        #: is the transport's waker: that, and nothing of the runtime's, is what runs
+        #: in the reactor's task when input arrives.
+        self._spot = ParkingSpot()
         #: ``run`` has started: frames may be written through (``send_now``).
         self._running = False
         self._writer_active = False
@@ -191,16 +204,16 @@ class Connection:
 
     def send_now(self, frame: str) -> None:
         """Write a one-off frame at once when nothing is queued, else queue it."""
-        nowait = self._nowait
+        idle = self._idle
         if (
-            nowait is not None
+            idle is not None
             and self._running
             and not self._writer_active
             and not self.outbox.frames
             and not self.outbox.closed
-            and nowait.send_nowait(frame)
+            and idle.send_nowait(frame)
         ):
-            if nowait.write_pending:
+            if idle.write_pending:
                 self._start_writer()
             return
         self.enqueue(frame)
@@ -271,28 +284,24 @@ class Connection:
     async def run(self) -> None:
         """Serve until the connection ends; never raises (except cancellation)."""
         transport = self.transport
-        receivable = transport if isinstance(transport, ReportsReceivable) else None
+        idle = self._idle
         try:
             if self.monitor is not None and not self.closed:
                 self._heartbeat = self._timers.call_at(
                     self.monitor.next_wakeup(), self._on_heartbeat
                 )
-                if isinstance(transport, ReceivesInline):
-                    transport.set_inline_handler(self._inline)
-            if receivable is not None:
-                receivable.set_receive_waker(self._wake)
+            if idle is not None:
+                idle.set_receive_waker(self._spot.wake)
             self._running = True
             while not self.closed:
-                if receivable is not None and not self._has_work(receivable):
-                    await self._park()
+                if idle is not None and not self._has_work(idle):
+                    await self._spot.park()
                     continue
                 await self._serve_work()
         finally:
             self._running = False
-            if receivable is not None:
-                receivable.set_receive_waker(None)
-            if isinstance(transport, ReceivesInline):
-                transport.set_inline_handler(None)
+            if idle is not None:
+                idle.set_receive_waker(None)
             self.abort(self.close_reason or "connection ended")
             with trio.move_on_after(5, shield=True):
                 await transport.aclose()
@@ -323,37 +332,40 @@ class Connection:
 
     @property
     def _write_pending(self) -> bool:
-        return self._nowait is not None and self._nowait.write_pending
+        return self._idle is not None and self._idle.write_pending
 
-    def _has_work(self, receivable: ReportsReceivable) -> bool:
-        """Whether the task has something to do (else the transport will wake it)."""
+    def _has_work(self, idle: IdleTransport) -> bool:
+        """Whether the task needs its nursery (else the transport will wake it).
+
+        Heartbeat pongs queued ahead of anything else are taken here, without one.
+        """
         return (
             self.closed
             or self.catch_up is not None
             or bool(self.outbox.frames)
             or self.outbox.stopping
-            or self._write_pending
-            or receivable.receive_ready()
+            or idle.write_pending
+            or self._input_waiting(idle)
         )
 
-    async def _park(self) -> None:
-        """Wait, holding nothing, until ``_wake`` (or cancellation)."""
-        self._parked = trio.lowlevel.current_task()
-        try:
-            await trio.lowlevel.wait_task_rescheduled(self._unpark)
-        finally:
-            self._parked = None
-
-    def _unpark(self, _raise_cancel: object) -> trio.lowlevel.Abort:
-        self._parked = None
-        return trio.lowlevel.Abort.SUCCEEDED
+    def _input_waiting(self, idle: IdleTransport) -> bool:
+        """Whether input waits for the receive loop, after taking the pongs queued
+        ahead of it (§6.4: noted for liveness, nothing more, in this task)."""
+        if self._held is not None:
+            return True
+        while (text := idle.receive_nowait()) is not None:
+            if not self._take_pong(text):
+                self._held = text  # in order: the loop handles it first
+                return True
+        return idle.receive_ready()
 
     def _wake(self) -> None:
-        """Reschedule the parked task, if it is parked (spurious calls are harmless)."""
-        task = self._parked
-        if task is not None:
-            self._parked = None
-            trio.lowlevel.reschedule(task)
+        """Reschedule the parked task, if it is parked (spurious calls are harmless).
+
+        The task parks with ``_spot.park()``, holding nothing; this, the transport's
+        waker (``_spot.wake`` itself) or cancellation wakes it.
+        """
+        self._spot.wake()
 
     async def _guard(self, task: Callable[[], Awaitable[None]], name: str) -> None:
         """The connection's edge: whatever a task raises ends this connection only.
@@ -394,7 +406,7 @@ class Connection:
 
     async def _write(self) -> None:
         try:
-            if self._nowait is not None and self._nowait.write_pending:
+            if self._write_pending:
                 await self.transport.send_messages(())
             await self.outbox.drain(self.transport)
         finally:
@@ -404,26 +416,30 @@ class Connection:
             self.abort(self.close_reason or "closed after flush")
 
     async def _receive_loop(self) -> None:
-        """Receive and dispatch; returns when idle (``ReportsReceivable`` only)."""
+        """Receive and dispatch; returns when idle (``IdleTransport`` only)."""
         monitor = self.monitor
-        receivable = self.transport if isinstance(self.transport, ReportsReceivable) else None
+        idle = self._idle
         checkpoint = trio.lowlevel.checkpoint
-        while await self._receive_one(monitor, receivable):
+        while await self._receive_one(monitor, idle):
             # One frame, then a scheduling point, whatever the frame was: a transport
             # with many frames queued (a burst in one read) hands them over without
             # waiting, and one connection must not keep every other one waiting.
             await checkpoint()
 
     async def _receive_one(
-        self, monitor: HeartbeatMonitor | None, receivable: ReportsReceivable | None
+        self, monitor: HeartbeatMonitor | None, idle: IdleTransport | None
     ) -> bool:
         """Receive one frame and handle it; False: the loop is over (idle, or the
         transport must end)."""
-        while receivable is not None and not receivable.receive_ready():
+        text = self._held
+        if text is not None:
+            self._held = None
+            return await self._handle(monitor, text)
+        while idle is not None and not idle.receive_ready():
             if not self._writer_active and not self.outbox.frames:
                 self._nursery = None  # nothing may start in a closing nursery
                 return False
-            await self._park()  # until input, the writer's end, or an abort
+            await self._spot.park()  # until input, the writer's end, or an abort
         try:
             text = await self.transport.receive_message()
         except (MessageTooLarge, MessageRefused) as exc:
@@ -437,8 +453,14 @@ class Connection:
                 # UTF-8): the answer goes out first, then the close.
                 self.close_after_flush(f"refused: {exc.reason}")
                 while not self.closed:
-                    await self._park()  # the writer's end (or an abort) wakes it
+                    await self._spot.park()  # the writer's end (or an abort) wakes it
                 return False
+            return True
+        return await self._handle(monitor, text)
+
+    async def _handle(self, monitor: HeartbeatMonitor | None, text: str) -> bool:
+        """Note one frame for liveness and handle it (True: the loop goes on)."""
+        if self._take_pong(text):
             return True
         if monitor is not None:
             monitor.received(trio.current_time())
@@ -465,23 +487,25 @@ class Connection:
             )
         return True
 
-    def _inline(self, text: str) -> bool:
-        """A frame as it arrives (``ReceivesInline``, in the reader's task).
-
-        Notes liveness and takes a ``session.pong`` whole: §6.4 asks nothing more of
-        it, so an idle session's heartbeat never wakes this connection's task. Every
-        other frame, and a pong that does not decode, is left to the receive loop.
-        Never raises.
+    def _take_pong(self, text: str) -> bool:
+        """Take a ``session.pong`` whole: §6.4 asks nothing more of it than a note
+        that the peer is alive (which keeps the next ping's time), so it is neither
+        decoded nor dispatched. False for every other frame, and for a pong that
+        does not decode (INVALID_REQUEST from the loop). Never raises.
         """
         if _PONG_TYPE not in text or not is_session_pong(text):
-            # Not a pong, or not a valid one (INVALID_REQUEST from the loop): alive.
-            if self.monitor is not None:
-                self.monitor.received(trio.current_time())
             return False
         if self.monitor is not None:
             self.monitor.answered(trio.current_time())
         if not self.token_confirmed:
-            self._welcome_answered(self)  # as the dispatcher does for any first frame
+            try:
+                self._welcome_answered(self)  # as the dispatcher does for any first frame
+            except Exception:
+                log.error(
+                    "confirming the welcome failed session_id=%s",
+                    self.session.session_id,
+                    exc_info=True,
+                )
         return True
 
     # -- heartbeat (a callback of the runtime's Timers) ----------------------------------

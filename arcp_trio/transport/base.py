@@ -36,12 +36,9 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
     "REFUSED_PREFIX",
-    "DefersReceive",
+    "IdleTransport",
     "MessageRefused",
     "MessageTooLarge",
-    "ReceivesInline",
-    "ReportsReceivable",
-    "SendsNowait",
     "Transport",
     "TransportBroken",
     "TransportClosed",
@@ -197,17 +194,28 @@ class Transport(Protocol):
 
 
 @runtime_checkable
-class SendsNowait(Protocol):
-    """A transport that can also take a message without waiting (optional).
+class IdleTransport(Protocol):
+    """A transport an idle connection costs next to nothing on (optional).
 
-    The runtime's connections use it for one-off replies (pongs, acknowledgements,
-    pings) when nothing else is queued: the frame goes out at once instead of waking
-    a writer task. Wrappers (chaos, recording) need not implement it; they then get
-    every frame through ``send_messages``.
+    The runtime's connections check for it once. With it, a connection with nothing to
+    read or write holds no task in ``receive_message`` and no nursery: its task parks
+    until the waker is called, and one-off frames (heartbeat pings, pongs,
+    acknowledgements) go out without waking it. On a server reading through a
+    ``ReadReactor`` nothing in that task waits on the socket, and the reactor runs no
+    code of the transport's owner: it only calls the waker.
+
+    Wrappers (chaos, recording) need not implement it: their connections keep a task
+    waiting in ``receive_message`` and write every frame through ``send_messages``.
+    A transport that cannot tell when input is there may still implement it:
+    ``receive_ready`` then always returns True (the connection keeps a task waiting
+    in ``receive_message``), and ``defer_receive`` and ``set_receive_waker`` do nothing.
+
+    Every method is synchronous and never raises; errors are reported by
+    ``send_messages`` and ``receive_message``.
     """
 
     def send_nowait(self, message: str) -> bool:
-        """Take ``message`` now if that needs no waiting; never raises.
+        """Take ``message`` now if that needs no waiting.
 
         True: the message is taken, in order after everything sent before. Part of it
         may still wait in the transport (``write_pending``); the next
@@ -219,37 +227,10 @@ class SendsNowait(Protocol):
 
     @property
     def write_pending(self) -> bool:
-        """Bytes taken by ``send_nowait`` wait for the next ``send_messages`` call."""
-        ...
+        """Bytes taken by ``send_nowait`` wait for the next ``send_messages`` call.
 
-
-@runtime_checkable
-class ReceivesInline(Protocol):
-    """A transport that can offer messages to a handler as they arrive (optional).
-
-    The runtime's connections take heartbeat pongs this way (§6.4): on a server
-    reading through a ``ReadReactor`` a pong then never wakes the connection's task.
-    """
-
-    def set_inline_handler(self, handler: Callable[[str], bool] | None) -> None:
-        """``handler(text)`` sees each whole message that arrives with nothing queued
-        ahead of it, synchronously; True: handled, ``receive_message`` skips it."""
-        ...
-
-
-@runtime_checkable
-class ReportsReceivable(Protocol):
-    """A transport that can say whether input is there without waiting for it (optional).
-
-    The runtime's connections use it to keep an idle connection cheap: instead of a
-    task suspended deep in ``receive_message`` (with a nursery around it), the
-    connection's task parks in one shallow wait until the waker is called. On a
-    server reading through a ``ReadReactor`` nothing in the task waits on the socket.
-    """
-
-    def set_receive_waker(self, waker: Callable[[], None] | None) -> None:
-        """``waker()`` is called, synchronously and from any task, when input arrives
-        after ``receive_ready`` returned False. Spurious calls are allowed."""
+        So may bytes the transport wrote on its own (the answer to a WebSocket ping,
+        read by a ``ReadReactor``): then it also calls the waker."""
         ...
 
     def receive_ready(self) -> bool:
@@ -258,20 +239,31 @@ class ReportsReceivable(Protocol):
         cannot tell. False: nothing is there; the waker will be called when it is."""
         ...
 
+    def receive_nowait(self) -> str | None:
+        """The next message, if it is queued whole and returning it needs nothing
+        else (no waiting, no reply, no error): exactly what ``receive_message`` would
+        return next. None otherwise: nothing is queued, or what is queued needs
+        ``receive_message`` (an error, a control frame, the end), or a
+        ``receive_message`` call is in progress."""
+        ...
 
-@runtime_checkable
-class DefersReceive(Protocol):
-    """A transport that can put off noticing input for a moment (optional).
-
-    The runtime's connections call it right after sending a heartbeat ping (§6.4):
-    the pong needs no prompt handling, and a server reading through a ``ReadReactor``
-    then takes the pongs to one batch of pings in one wake-up.
-    """
+    def set_receive_waker(self, waker: Callable[[], object] | None) -> None:
+        """``waker()`` is called, synchronously and from any task, when input arrives
+        after ``receive_ready`` returned False (what it returns is ignored). It
+        should only reschedule its owner's task, reading and handling nothing (on a
+        server it runs in the ``ReadReactor``'s task); it must not raise. Spurious
+        calls are allowed."""
+        ...
 
     def defer_receive(self, start: float, window: float) -> None:
         """From Trio time ``start`` on, input may be noticed up to ``window`` seconds
         after it arrives (never later), so that it is read in a batch with other
-        deferred input; nothing is lost or reordered."""
+        deferred input; nothing is lost or reordered.
+
+        The runtime's connections call it right after sending a heartbeat ping
+        (§6.4): the pong needs no prompt handling, and a server reading through a
+        ``ReadReactor`` then wakes once for the pongs to one batch of pings.
+        """
         ...
 
 

@@ -5,6 +5,10 @@ side closes both of its ends, so the peer sees ``TransportBroken`` once it has d
 what was already sent (like a TCP FIN), while the closing side sees
 ``TransportClosed``. :meth:`MemoryTransport.abort` models a network drop instead: both
 sides see ``TransportBroken`` at once and undelivered messages are lost.
+
+Each side is an ``IdleTransport`` that writes through (``send_nowait``) and takes
+queued messages without waiting (``receive_nowait``), but does not report readiness:
+``receive_ready`` is always True, so its owner keeps a task in ``receive_message``.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from arcp_trio.transport.base import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
 __all__ = ["MemoryTransport", "memory_transport_pair"]
 
@@ -62,6 +66,9 @@ class MemoryTransport(TransportState):
         super().__init__(description)
         self._send_lock = trio.StrictFIFOLock()
         self._receiving = False
+        #: A message taken off the channel by ``receive_nowait`` that is over the
+        #: limit: ``receive_message`` refuses it next.
+        self._oversized: str | None = None
 
     def _unusable_error(self) -> TransportError:
         if not self._closed and self._broken is None and self._link.aborted:
@@ -107,7 +114,7 @@ class MemoryTransport(TransportState):
                 raise
 
     def send_nowait(self, message: str) -> bool:
-        """Deliver ``message`` now if the buffer has room (``SendsNowait``)."""
+        """Deliver ``message`` now if the buffer has room (``IdleTransport``)."""
         if self._send_lock.locked() or self._link.aborted or self._closed or self._broken:
             return False
         try:
@@ -137,6 +144,10 @@ class MemoryTransport(TransportState):
             raise RuntimeError("another task is already receiving on this transport")
         self._receiving = True
         try:
+            if self._oversized is not None:
+                await trio.lowlevel.checkpoint()  # (cancelled here, nothing is lost)
+                message, self._oversized = self._oversized, None
+                return self._checked(message)
             try:
                 message = await self._receive_channel.receive()
             except (trio.EndOfChannel, trio.ClosedResourceError) as exc:
@@ -145,10 +156,42 @@ class MemoryTransport(TransportState):
                 raise self._unusable_error()
         finally:
             self._receiving = False
+        return self._checked(message)
+
+    def _checked(self, message: str) -> str:
         size = utf8_size(message)
         if size > self._max_message_size:
             raise MessageTooLarge(size, self._max_message_size, prefix=message[:REFUSED_PREFIX])
         return message
+
+    def receive_nowait(self) -> str | None:
+        """``IdleTransport``: the next message if one is queued and within the limit."""
+        if (
+            self._receiving
+            or self._oversized is not None
+            or self._closed
+            or self._broken is not None
+            or self._link.aborted
+        ):
+            return None
+        try:
+            message = self._receive_channel.receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+            return None
+        if utf8_size(message) > self._max_message_size:
+            self._oversized = message  # refused by the next ``receive_message``
+            return None
+        return message
+
+    def receive_ready(self) -> bool:
+        """``IdleTransport``: always True (this transport does not tell)."""
+        return True
+
+    def set_receive_waker(self, waker: Callable[[], object] | None) -> None:
+        """``IdleTransport``: nothing to do (``receive_ready`` is always True)."""
+
+    def defer_receive(self, start: float, window: float) -> None:
+        """``IdleTransport``: nothing to do (input is noticed at once)."""
 
     async def aclose(self) -> None:
         """Close this side; the peer sees ``TransportBroken`` after draining."""

@@ -11,11 +11,13 @@ With a thousand idle sessions that is most of the runtime's idle CPU.
 A ``ReadReactor`` keeps the server's sockets in an epoll set of its own (Linux) and
 one task (``run``) sleeps on that set's descriptor. When sockets become readable it
 wakes once for all of them and calls each one's callback synchronously; the
-transport reads what is there, parses it, hands messages its owner can take on the
-spot (``WebSocketTransport.set_inline_handler``) to that handler, and wakes its
-receiving task only for the rest. A socket whose transport has queued messages is
-*paused* (left out of the set) until its task has taken them, so a fast sender is
-read one chunk at a time, as with a per-task read, and memory stays bounded.
+transport reads what is there, parses it, queues the messages and wakes its owner's
+task (a waker that only reschedules it): the owner's own code, a heartbeat pong's
+handling included, runs in that task, never in this one. A socket that is readable
+again while its transport still has queued messages is *paused* (left out of the
+set) until its task has taken them, so a fast sender is read one chunk at a time, as
+with a per-task read, and memory stays bounded; a quiet peer's socket (a pong now and
+then) just stays in the set.
 
 Deferral: a socket whose next input needs no prompt handling (a heartbeat's pong,
 §6.4, right after the ping went out) can be left out of the set for a moment, a

@@ -27,15 +27,14 @@ stream closed: nothing is ever written after a torn frame.
 
 *Receiving.* One task at a time reads 64 KiB chunks, feeds the frame layer and queues
 the resulting events in ``_events``. A server transport given a ``ReadReactor`` does
-not read in its task: the reactor reads for it when the socket is readable, and
-complete text messages that arrive while nothing is queued go first to the inline
-handler (``set_inline_handler``) if one is set; what the handler takes never wakes
-the receiving task (a heartbeat pong, §6.4), and neither does a WebSocket ping the
-reactor can answer at once; the rest is queued for it, and the owner is told through
-``set_receive_waker`` (``ReportsReceivable``: an idle connection parks its task
-instead of waiting in ``receive_message``); ``defer_receive`` (``DefersReceive``) has
-the reactor read the socket only when a short window ends, with the other deferred
-ones (the pongs to a batch of pings). Message fragments are joined until
+not read in its task: the reactor reads for it when the socket is readable and
+queues the events; a WebSocket ping it can answer at once never wakes the receiving
+task, and nothing else is handled in the reactor's task. The owner is told through
+``set_receive_waker`` (``IdleTransport``: an idle connection parks its task instead
+of waiting in ``receive_message``, and takes the whole messages queued with
+``receive_nowait`` when woken); ``defer_receive`` has the reactor read the socket only
+when a short window ends, with the other deferred ones (the pongs to a batch of
+pings, read in one wake-up). Message fragments are joined until
 ``message_finished``; once a message's size passes ``max_message_size`` its bytes are
 counted and dropped instead of buffered, and ``MessageTooLarge`` is raised when it
 ends, leaving the transport usable. Pings are answered; a close frame from the peer is
@@ -234,8 +233,7 @@ class WebSocketTransport(TransportState):
         self._close_seen: trio.Event | None = None
         # Reads by the reactor (server sockets only): see the module docstring.
         self._reactor: ReadReactor | None = None
-        self._inline: Callable[[str], bool] | None = None
-        self._waker: Callable[[], None] | None = None
+        self._waker: Callable[[], object] | None = None
         self._data_ready: trio.Event | None = None
         self._read_error: str | None = None
         self._registration: Registration | None = None
@@ -339,7 +337,7 @@ class WebSocketTransport(TransportState):
     def send_nowait(self, message: str) -> bool:
         """Write one text frame now if the socket takes it without waiting.
 
-        ``SendsNowait``: True when the frame is taken (any part the kernel did not
+        ``IdleTransport``: True when the frame is taken (any part the kernel did not
         accept waits in ``_control`` for the next ``send_messages``); False, with
         nothing written, when this transport cannot (client side, not a socket,
         busy, owed bytes, not open) or the kernel takes nothing.
@@ -461,27 +459,17 @@ class WebSocketTransport(TransportState):
 
     # -- receiving through the reactor ------------------------------------------------------
 
-    def set_inline_handler(self, handler: Callable[[str], bool] | None) -> None:
-        """Offer complete text messages to ``handler`` as they arrive (reactor only).
-
-        ``handler(text)`` runs synchronously in the reactor's task, for a message
-        that arrived whole while nothing was queued ahead of it; True means it was
-        handled and ``receive_message`` will not return it. It must not raise or
-        block. Without a reactor this does nothing.
-        """
-        self._inline = handler
-
-    def set_receive_waker(self, waker: Callable[[], None] | None) -> None:
-        """``ReportsReceivable``: called when input arrives after ``receive_ready``
-        said there was none."""
+    def set_receive_waker(self, waker: Callable[[], object] | None) -> None:
+        """``IdleTransport``: called (from the reactor's task) when input arrives
+        after ``receive_ready`` said there was none."""
         self._waker = waker
 
     def receive_ready(self) -> bool:
-        """``ReportsReceivable``: whether ``receive_message`` would act without waiting.
+        """``IdleTransport``: whether ``receive_message`` would act without waiting.
 
         Always True without a reactor (the receiving task reads the socket itself).
-        False resumes reading through the reactor, which calls the waker (and pauses
-        the socket again) once something is queued.
+        False resumes reading through the reactor, which calls the waker once
+        something is queued.
         """
         if (
             self._events
@@ -497,16 +485,49 @@ class WebSocketTransport(TransportState):
         reactor.resume(self._reg)
         return False
 
+    def receive_nowait(self) -> str | None:
+        """``IdleTransport``: the next queued event's text, if it is a whole text
+        message within the limit, with nothing else to do first; else None."""
+        events = self._events
+        if (
+            not events
+            or self._receiving
+            or self._closed
+            or self._broken is not None
+            or self._text_parts
+            or self._byte_parts
+            or self._discarding
+        ):
+            return None
+        event = events[-1]
+        if (
+            not isinstance(event, TextMessage)
+            or not event.message_finished
+            or utf8_size(event.data) > self._max_message_size
+        ):
+            return None  # for ``receive_message`` (joined, refused, handled)
+        events.pop()
+        return event.data
+
     def defer_receive(self, start: float, window: float) -> None:
-        """``DefersReceive``: through the reactor (``ReadReactor.defer``), notice input
+        """``IdleTransport``: through the reactor (``ReadReactor.defer``), notice input
         at the end of the window it arrives in, with the other deferred sockets."""
         reactor = self._reactor
         if reactor is not None:
             reactor.defer(self._reg, start, window)
 
     def _wake_reader(self) -> None:
+        """Tell the receiving task (or the owner, parked) that there is something to
+        act on, and stop reading for it (an error, the end)."""
         if self._reactor is not None:
             self._reactor.pause(self._reg)
+        self._notify()
+
+    def _notify(self) -> None:
+        """Tell the receiving task, or the owner parked for input, that messages
+        are queued. The socket stays in the reactor's set: paused only if it is
+        readable again before they are taken (``_read_ready``), so a request or a
+        pong costs no ``epoll_ctl`` call."""
         if self._data_ready is not None:
             self._data_ready.set()
         if self._waker is not None:
@@ -549,25 +570,14 @@ class WebSocketTransport(TransportState):
             self._wake_reader()
             return 0
 
-    def _offer_inline(self, inline: Callable[[str], bool], event: Event) -> bool:
-        return (
-            isinstance(event, TextMessage)
-            and event.message_finished
-            and self._offer_text(inline, event.data)
-        )
-
-    def _offer_text(self, inline: Callable[[str], bool], text: str) -> bool:
-        if utf8_size(text) > self._max_message_size:
-            return False  # the receiving task reports it (MessageTooLarge)
-        try:
-            return inline(text)
-        except Exception:
-            log.error("inline handler failed peer=%s", self._description, exc_info=True)
-            return False
-
     def _read_ready(self) -> int:
         if self._reactor is None or self._reactor.closed:
             self._wake_reader()  # the reader reads for itself from now on
+            return 0
+        if self._events:
+            # What was read before is not taken yet: read no more until it is (memory
+            # stays bounded by one read); ``receive_ready`` or a receive resumes it.
+            self._reactor.pause(self._reg)
             return 0
         try:
             data = self._reg_sock.recv(RECEIVE_CHUNK)
@@ -577,21 +587,18 @@ class WebSocketTransport(TransportState):
             self._read_error = f"{self._description}: receive failed: {exc!r}"
             self._wake_reader()
             return 0
-        inline = self._inline
         ws = self._ws
-        # Whole messages with nothing unhandled before them may go to the inline
-        # handler: order holds.
-        in_order = inline is not None and not (
-            self._events or self._text_parts or self._byte_parts or self._discarding
-        )
-        if data and in_order and inline is not None and isinstance(ws, FrameConnection):
+        if (
+            data
+            and isinstance(ws, FrameConnection)
+            and not (self._text_parts or self._byte_parts or self._discarding)
+        ):
             # The common case, a whole message in one read with nothing ahead of it
             # (a heartbeat pong, a request): no events to build and sort.
             text = ws.receive_text(data)
             if text is not None:
-                if not self._offer_text(inline, text):
-                    self._events.append(TextMessage(data=text))
-                    self._wake_reader()
+                self._events.append(TextMessage(data=text))
+                self._notify()
                 return len(data)
         if not data:
             self._eof = True
@@ -606,16 +613,17 @@ class WebSocketTransport(TransportState):
         # Control frames never need the receiving task when they can be dealt with here.
         queued: list[Event] = []
         for event in events:
-            if in_order and not queued and inline and self._offer_inline(inline, event):
-                continue
             if isinstance(event, Pong):
                 continue  # nothing to do (we never send pings)
             if isinstance(event, Ping) and self._pong_nowait(event):
                 continue
             queued.append(event)
-        if queued or self._eof:
+        if queued:
             self._events[:0] = queued[::-1]
-            self._wake_reader()
+        if self._eof:
+            self._wake_reader()  # nothing more to read
+        elif queued:
+            self._notify()
         return len(data)
 
     def _pong_nowait(self, ping: Ping) -> bool:
@@ -629,7 +637,7 @@ class WebSocketTransport(TransportState):
             return False  # full or failed: the receiving task answers it
         if sent < len(data):
             # Flushed first by the next write; the owner learns of it through
-            # ``write_pending`` (``SendsNowait``) when woken.
+            # ``write_pending`` (``IdleTransport``) when woken.
             self._control += data[sent:]
             if self._waker is not None:
                 self._waker()

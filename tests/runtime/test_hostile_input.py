@@ -20,7 +20,7 @@ from arcp_trio.runtime.config import LeaseExpiry, RuntimeConfig
 from arcp_trio.runtime.credentials import InProcessProvisioner
 from arcp_trio.runtime.runtime import open_runtime
 from arcp_trio.store.sqlite import SQLiteStore
-from arcp_trio.transport.base import TransportBroken
+from arcp_trio.transport.base import IdleTransport, TransportBroken
 from arcp_trio.wire.errors import LeaseExpired
 from arcp_trio.wire.ids import new_ulid
 from arcp_trio.wire.timestamps import format_timestamp, system_wall_clock
@@ -359,14 +359,28 @@ class BurstTransport:
         self.more = trio.Event()
         self.closed = False
 
+    # ``IdleTransport``: a reply is logged the moment the runtime makes it; input
+    # is never reported (``receive_ready``), so a task waits in ``receive_message``.
+
     def send_nowait(self, message: str) -> bool:
-        # ``SendsNowait``: a reply is logged the moment the runtime makes it.
         self.log.append((self.name, json.loads(message)["type"]))
         return True
 
     @property
     def write_pending(self) -> bool:
         return False
+
+    def receive_ready(self) -> bool:
+        return True
+
+    def receive_nowait(self) -> str | None:
+        return None
+
+    def set_receive_waker(self, waker: object) -> None:
+        pass
+
+    def defer_receive(self, start: float, window: float) -> None:
+        pass
 
     async def send_message(self, message: str) -> None:
         await self.send_messages([message])
@@ -415,6 +429,7 @@ async def test_a_burst_on_one_connection_does_not_hold_up_another(
     connection (one read's worth) do not keep another connection's ping waiting."""
     log: list[tuple[str, str]] = []
     noisy, quiet = BurstTransport("noisy", log), BurstTransport("quiet", log)
+    assert isinstance(noisy, IdleTransport)  # replies are written through, at once
     for transport in (noisy, quiet):
         nursery.start_soon(runtime.handle_transport, transport)
         transport.feed(_hello_text())

@@ -1,13 +1,17 @@
 """Idle connections over a real WebSocket: the connection's task parks with nothing
-else alive, and everything that needs it wakes it.
+else alive, and everything that needs it wakes it; a heartbeat pong wakes it only to
+be noted, and nothing of the runtime ever runs in the read reactor's task.
 
 These run the runtime's WebSocket server on 127.0.0.1 with the read reactor (Linux),
-the only transport that reports when input is there (``ReportsReceivable``).
+the only transport that reports when input is there (``IdleTransport.receive_ready``).
 """
 
 from __future__ import annotations
 
+import json
+import sys
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -15,23 +19,26 @@ import trio
 import trio.testing
 from wsproto.events import Ping, Pong
 
+import arcp_trio
 from arcp_trio.demo_agents import demo_registry
+from arcp_trio.protocol.session import HeartbeatMonitor
 from arcp_trio.runtime.config import RuntimeConfig
+from arcp_trio.runtime.connection import Connection
 from arcp_trio.runtime.runtime import open_runtime
 from arcp_trio.runtime.serve import serve_websocket
 from arcp_trio.transport.reactor import reactor_available
 from arcp_trio.transport.websocket import WebSocketTransport, connect_websocket
 from arcp_trio.wire.codec import encode_ping_frame
-from arcp_trio.wire.ids import new_frame_id
+from arcp_trio.wire.ids import new_frame_id, new_ulid
 from arcp_trio.wire.timestamps import system_timestamp
 from tests.helpers import TOKENS, Peer, trio_wall_clock
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
+    from types import FrameType
 
     from wsproto.connection import Connection as WSFrames
 
-    from arcp_trio.runtime.connection import Connection
     from arcp_trio.runtime.runtime import Runtime
 
 pytestmark = pytest.mark.skipif(not reactor_available(), reason="the read reactor needs epoll")
@@ -75,7 +82,11 @@ async def wait_until(predicate: Callable[[], bool]) -> None:
 async def until_parked(connection: Connection) -> None:
     """Wait until the connection's task is parked idle (not waiting for its writer
     inside the nursery)."""
-    await wait_until(lambda: connection._parked is not None and connection._nursery is None)
+    await wait_until(lambda: is_parked(connection) and connection._nursery is None)
+
+
+def is_parked(connection: Connection) -> bool:
+    return connection._spot.parked
 
 
 def count_wakes(connection: Connection) -> list[int]:
@@ -90,6 +101,31 @@ def count_wakes(connection: Connection) -> list[int]:
 
     transport.set_receive_waker(counting)
     return calls
+
+
+def count_nurseries(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the times any connection opens its nursery (``_serve_work``)."""
+    opened = [0]
+    original = Connection._serve_work
+
+    async def counting(self: Connection) -> None:
+        opened[0] += 1
+        await original(self)
+
+    monkeypatch.setattr(Connection, "_serve_work", counting)
+    return opened
+
+
+def pong_text(peer: Peer, nonce: str) -> str:
+    return json.dumps(
+        {
+            "arcp": "1.1",
+            "id": new_ulid(),
+            "type": "session.pong",
+            "session_id": peer.session_id,
+            "payload": {"ping_nonce": nonce},
+        }
+    )
 
 
 async def test_an_idle_connection_parks_with_no_nursery_and_wakes_for_a_request() -> None:
@@ -159,19 +195,31 @@ async def test_heartbeat_loss_ends_a_parked_connection() -> None:
             await peer.transport.aclose()
 
 
-async def test_pongs_and_websocket_pings_never_wake_a_parked_connection() -> None:
-    """A heartbeat pong (§6.4) is taken inline, and a WebSocket ping is answered by
-    the reactor (RFC 6455 §5.5.2): neither wakes the connection's task."""
+async def test_a_pong_wakes_the_parked_task_only_to_be_noted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A heartbeat pong (§6.4) wakes the parked connection's task once: it takes the
+    pong, notes the peer alive and parks again, without opening its nursery or
+    dispatching anything. A WebSocket ping is answered by the transport (RFC 6455
+    §5.5.2) and does not wake it at all."""
     config = RuntimeConfig(heartbeat_interval_sec=1, resume_window_sec=60)
     with trio.fail_after(GUARD):
         async with websocket_runtime(config) as (rt, url):
             peer, connection = await attach(rt, url)
+            monitor = connection.monitor
+            assert monitor is not None
             await until_parked(connection)
             wakes = count_wakes(connection)
-            for _ in range(2):
+            opened = count_nurseries(monkeypatch)
+            for round_ in range(1, 3):
                 ping = await peer.recv()
                 assert ping["type"] == "session.ping"
+                sent = trio.current_time()
                 await peer.send("session.pong", {"ping_nonce": ping["payload"]["nonce"]})
+                await wait_until(lambda s=sent: monitor.last_received >= s)  # type: ignore[misc]
+                assert monitor.last_heard < sent  # a pong keeps the next ping's time
+                await until_parked(connection)
+                assert wakes == [round_]
             # A WebSocket-level ping, written by hand on the client's stream.
             client: Any = peer.transport
             frames: WSFrames = client._ws
@@ -182,8 +230,153 @@ async def test_pongs_and_websocket_pings_never_wake_a_parked_connection() -> Non
                 frames.receive_data(data)
                 pongs += [e.payload for e in frames.events() if isinstance(e, Pong)]
             assert pongs == [b"are you there"]
-            assert wakes == [0]
-            assert connection._parked is not None
+            assert wakes == [2]
+            assert opened == [0]
+            assert is_parked(connection)
+            assert session_is_live(rt, peer, connection)
+            await peer.transport.aclose()
+
+
+async def test_a_batch_of_pongs_costs_one_reactor_pass_and_one_wake_up_each(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The pongs that arrive while their sockets are deferred (``defer_receive``, as
+    after a timer pass's pings) are read in one pass of the reactor, and each
+    connection's task wakes once for all of its own, however many."""
+    config = RuntimeConfig(heartbeat_interval_sec=60, resume_window_sec=60)
+    with trio.fail_after(GUARD):
+        async with websocket_runtime(config) as (rt, url):
+            attached = [await attach(rt, url) for _ in range(3)]
+            for _peer, connection in attached:
+                await until_parked(connection)
+            transports = [connection.transport for _peer, connection in attached]
+            assert all(isinstance(t, WebSocketTransport) for t in transports)
+            reactor = transports[0]._reactor  # type: ignore[attr-defined]
+            assert reactor is not None
+            wakes = [count_wakes(connection) for _peer, connection in attached]
+            opened = count_nurseries(monkeypatch)
+            start = trio.current_time()
+            for transport in transports:
+                transport.defer_receive(start, 0.5)  # type: ignore[attr-defined]
+            passes = reactor.statistics().wakeups
+            for peer, _connection in attached:
+                for i in range(2):  # two writes each
+                    await peer.send_raw(pong_text(peer, f"n{i}"))
+            for _peer, connection in attached:
+                monitor = connection.monitor
+                assert monitor is not None
+                await wait_until(lambda m=monitor: m.last_received >= start)  # type: ignore[misc]
+                await until_parked(connection)
+            assert trio.current_time() - start >= 0.5  # not noticed before the window ended
+            assert reactor.statistics().wakeups - passes == 1
+            assert wakes == [[1], [1], [1]]
+            assert opened == [0]
+            for peer, connection in attached:
+                assert session_is_live(rt, peer, connection)
+                await peer.transport.aclose()
+
+
+async def test_a_request_behind_a_pong_opens_the_nursery_in_order() -> None:
+    """A pong and a request read together: the parked task takes the pong, and the
+    request it read after it is the receive loop's first frame (nothing is lost or
+    reordered); then the task parks again."""
+    config = RuntimeConfig(heartbeat_interval_sec=60, resume_window_sec=60)
+    with trio.fail_after(GUARD):
+        async with websocket_runtime(config) as (rt, url):
+            peer, connection = await attach(rt, url)
+            monitor = connection.monitor
+            assert monitor is not None
+            await until_parked(connection)
+            request_id = new_ulid()
+            request = json.dumps(
+                {
+                    "arcp": "1.1",
+                    "id": request_id,
+                    "type": "session.list_jobs",
+                    "session_id": peer.session_id,
+                    "payload": {},
+                }
+            )
+            sent = trio.current_time()
+            await peer.transport.send_messages([pong_text(peer, "n"), request])
+            jobs = await peer.recv_type("session.jobs")
+            assert jobs["payload"]["request_id"] == request_id
+            assert monitor.last_heard >= sent  # the request, noted by the loop
+            await until_parked(connection)
+            assert connection._held is None
+            assert session_is_live(rt, peer, connection)
+            await peer.transport.aclose()
+
+
+_OWN_CODE = tuple(
+    str(Path(arcp_trio.__file__).parent / layer) for layer in ("runtime", "protocol", "store")
+)
+
+
+async def test_no_runtime_code_runs_in_the_reactors_task(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reactor reads every server socket, but what it reads is handled in each
+    connection's own task: every Python function the reactor's task calls while a
+    session pings, pongs, runs a job and is pinged at the WebSocket level is
+    recorded, and none is runtime (or protocol, or store) code. The pongs are noted
+    in the connection's task."""
+    config = RuntimeConfig(heartbeat_interval_sec=1, resume_window_sec=60)
+    stepping: list[trio.lowlevel.Task | None] = [None]
+    in_reactor: set[str] = set()
+    noted_in: list[trio.lowlevel.Task] = []
+
+    class Stepping(trio.abc.Instrument):
+        def before_task_step(self, task: trio.lowlevel.Task) -> None:
+            stepping[0] = task if task.name.endswith("ReadReactor.run") else None
+
+        def after_task_step(self, task: trio.lowlevel.Task) -> None:
+            stepping[0] = None
+
+    def profile(frame: FrameType, event: str, _arg: object) -> None:
+        if event == "call" and stepping[0] is not None:
+            code = frame.f_code
+            if code.co_filename.startswith(_OWN_CODE):
+                in_reactor.add(f"{code.co_filename}:{code.co_qualname}")
+
+    answered = HeartbeatMonitor.answered
+
+    def noting(self: HeartbeatMonitor, now: float) -> None:
+        noted_in.append(trio.lowlevel.current_task())
+        answered(self, now)
+
+    monkeypatch.setattr(HeartbeatMonitor, "answered", noting)
+    with trio.fail_after(GUARD):
+        async with websocket_runtime(config) as (rt, url):
+            peer, connection = await attach(rt, url)
+            transport = connection.transport
+            assert isinstance(transport, WebSocketTransport)
+            reactor = transport._reactor
+            assert reactor is not None
+            await until_parked(connection)
+            callbacks = reactor.callbacks_run
+            instrument = Stepping()
+            trio.lowlevel.add_instrument(instrument)
+            sys.setprofile(profile)
+            try:
+                for _ in range(2):
+                    ping = await peer.recv_type("session.ping")
+                    await peer.send("session.pong", {"ping_nonce": ping["payload"]["nonce"]})
+                await peer.send("job.submit", {"agent": "echo", "input": {"n": 1}})
+                accepted = await peer.recv_type("job.accepted")
+                frames = await peer.recv_terminal(accepted["job_id"])
+                assert frames[-1]["type"] == "job.result"
+                client: Any = peer.transport
+                ws: WSFrames = client._ws
+                await client._stream.send_all(ws.send(Ping(payload=b"ping")))
+                ping = await peer.recv_type("session.ping")
+                await peer.send("session.pong", {"ping_nonce": ping["payload"]["nonce"]})
+                await wait_until(lambda: len(noted_in) >= 3)
+            finally:
+                sys.setprofile(None)
+                trio.lowlevel.remove_instrument(instrument)
+            assert reactor.callbacks_run > callbacks  # the reactor did read for it
+            assert in_reactor == set()
+            assert noted_in
+            assert all(not task.name.endswith("ReadReactor.run") for task in noted_in)
             assert session_is_live(rt, peer, connection)
             await peer.transport.aclose()
 

@@ -9,7 +9,12 @@ import pytest
 import trio
 import trio.testing
 
-from arcp_trio.transport.base import SendsNowait, TransportBroken, TransportClosed
+from arcp_trio.transport.base import (
+    IdleTransport,
+    MessageTooLarge,
+    TransportBroken,
+    TransportClosed,
+)
 from arcp_trio.transport.memory import memory_transport_pair
 
 GUARD = 10
@@ -93,10 +98,11 @@ async def test_own_close_wins_over_abort() -> None:
 
 
 async def test_send_nowait_delivers_in_order_or_refuses() -> None:
-    """``SendsNowait``: taken at once while there is room, refused (nothing sent) after."""
+    """``IdleTransport.send_nowait``: taken at once while there is room, refused
+    (nothing sent) after."""
     with trio.fail_after(GUARD):
         a, b = memory_transport_pair(buffer=2)
-        assert isinstance(a, SendsNowait)
+        assert isinstance(a, IdleTransport)
         assert a.send_nowait("one")
         await a.send_message("two")
         assert not a.send_nowait("three")  # the buffer is full: nothing was taken
@@ -106,3 +112,27 @@ async def test_send_nowait_delivers_in_order_or_refuses() -> None:
         assert await b.receive_message() == "three"
         await a.aclose()
         assert not a.send_nowait("after close")
+
+
+async def test_receive_nowait_takes_queued_messages_in_order_and_never_waits() -> None:
+    """``IdleTransport.receive_nowait``: what ``receive_message`` would return next,
+    or None (nothing queued; an oversized message, which ``receive_message`` then
+    refuses, in order). The pair does not report readiness: ``receive_ready`` is
+    always True, so its owner keeps a task in ``receive_message``."""
+    with trio.fail_after(GUARD):
+        a, b = memory_transport_pair(max_message_size=10)
+        assert b.receive_ready()
+        assert b.receive_nowait() is None  # nothing queued
+        await a.send_messages(["one", "two", "x" * 11, "three"])
+        assert [b.receive_nowait(), b.receive_nowait()] == ["one", "two"]
+        assert b.receive_nowait() is None  # too large: left to receive_message
+        assert b.receive_nowait() is None  # and nothing overtakes it
+        with pytest.raises(MessageTooLarge):
+            await b.receive_message()
+        assert b.receive_nowait() == "three"
+        await a.aclose()
+        assert b.receive_nowait() is None  # the end is for receive_message to report
+        with pytest.raises(TransportBroken):
+            await b.receive_message()
+        await b.aclose()
+        assert b.receive_nowait() is None

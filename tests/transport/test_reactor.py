@@ -1,7 +1,8 @@
 """The read reactor: one task reads every server socket (Linux).
 
-Rules: real sockets on 127.0.0.1 under ``fail_after``. The runtime's use of it (pongs
-taken inline) is tested in ``tests/runtime/test_timers.py``.
+Rules: real sockets on 127.0.0.1 under ``fail_after``. The runtime's use of it (idle
+connections parked, pongs read in their own task, nothing of the runtime in the
+reactor's task) is tested in ``tests/runtime/test_idle_connections.py``.
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ import socket
 import subprocess
 import sys
 from functools import partial
+from typing import Any
 
 import pytest
 import trio
 import trio.testing
+from wsproto.events import TextMessage
 
-from arcp_trio.transport.base import ReceivesInline, Transport, TransportBroken
+from arcp_trio.transport.base import IdleTransport, Transport, TransportBroken
 from arcp_trio.transport.reactor import (
     DEFER_ROUNDS,
     PASS_BYTES,
@@ -121,43 +124,65 @@ async def test_a_failing_callback_is_paused_and_the_others_still_run(
     assert [r for r in caplog.records if "read callback failed" in r.message]
 
 
-async def test_inline_handler_takes_whole_messages_in_order() -> None:
-    """What the handler takes is never returned; a message queued behind one it did
-    not take stays behind it (order is kept)."""
-    offered: list[str] = []
-    received: list[str] = []
-    seen_two = trio.Event()
+async def test_receive_nowait_takes_what_the_reactor_queued_in_order() -> None:
+    """``IdleTransport`` through the reactor: the owner parks until its waker is
+    called (from the reactor's task, the only thing of the owner's that runs there),
+    then takes whole messages with ``receive_nowait``, in order; what needs more (a
+    fragmented message) is left to ``receive_message``, and nothing overtakes it."""
+    received: list[tuple[str, str]] = []
+    waker_tasks: list[trio.lowlevel.Task] = []
+    handler_tasks: list[trio.lowlevel.Task] = []
+    wakeup = [trio.Event()]
 
-    def inline(text: str) -> bool:
-        offered.append(text)
-        if text == "inline 2":
-            seen_two.set()
-        return text.startswith("inline")
+    def waker() -> None:
+        waker_tasks.append(trio.lowlevel.current_task())
+        wakeup[0].set()
 
     async def handler(transport: Transport) -> None:
-        assert isinstance(transport, ReceivesInline)
-        transport.set_inline_handler(inline)
+        assert isinstance(transport, IdleTransport)
+        handler_tasks.append(trio.lowlevel.current_task())
+        transport.set_receive_waker(waker)
         while True:
-            message = await transport.receive_message()
-            received.append(message)
-            if message == "last":
+            text = transport.receive_nowait()
+            how = "nowait"
+            if text is None:
+                wakeup[0] = trio.Event()
+                if not transport.receive_ready():
+                    await wakeup[0].wait()
+                    continue
+                text, how = await transport.receive_message(), "receive_message"
+            received.append((how, text))
+            if text == "last":
+                transport.set_receive_waker(None)  # (closing calls it from this task)
                 return
 
     with trio.fail_after(GUARD):
         async with running_server(handler) as info:
-            client = await connect_websocket(info.url)
-            await client.send_message("inline 1")
-            await client.send_message("inline 2")
-            await seen_two.wait()
-            # One write: the second message is queued behind the first, not offered.
-            await client.send_messages(["for the task", "inline 3"])
+            client: Any = await connect_websocket(info.url)
+            await client.send_message("one")
+            await client.send_messages(["two", "three"])  # one write
+            # A fragmented message, then a whole one, in one write.
+            ws = client._ws
+            await client._stream.send_all(
+                ws.send(TextMessage(data="fr", message_finished=False))
+                + ws.send(TextMessage(data="ag", message_finished=True))
+                + ws.send(TextMessage(data="after"))
+            )
             await client.send_message("last")
             with pytest.raises(TransportBroken):  # the server closes after "last"
                 await client.receive_message()
             await client.aclose()
-    assert offered[:2] == ["inline 1", "inline 2"]
-    assert "inline 3" not in offered
-    assert received == ["for the task", "inline 3", "last"]
+    assert received == [
+        ("nowait", "one"),
+        ("nowait", "two"),
+        ("nowait", "three"),
+        ("receive_message", "frag"),
+        ("nowait", "after"),
+        ("nowait", "last"),
+    ]
+    assert waker_tasks
+    assert all(task.name.endswith("ReadReactor.run") for task in waker_tasks)
+    assert handler_tasks[0] not in waker_tasks
 
 
 async def test_a_fast_sender_is_read_one_chunk_at_a_time() -> None:

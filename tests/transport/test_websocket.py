@@ -36,9 +36,9 @@ from wsproto.events import (
 from wsproto.extensions import PerMessageDeflate
 
 from arcp_trio.transport.base import (
+    IdleTransport,
     MessageRefused,
     MessageTooLarge,
-    SendsNowait,
     Transport,
     TransportBroken,
     TransportClosed,
@@ -658,7 +658,7 @@ async def test_send_nowait_writes_through_then_defers_to_send_messages() -> None
     pending: list[bool] = []
 
     async def handler(transport: Transport) -> None:
-        assert isinstance(transport, SendsNowait)
+        assert isinstance(transport, IdleTransport)
         for i in range(10_000):  # bounded: a loopback socket holds a few MiB at most
             message = json.dumps({"i": i, "pad": "x" * 65_537})
             if not transport.send_nowait(message):
@@ -675,7 +675,7 @@ async def test_send_nowait_writes_through_then_defers_to_send_messages() -> None
     with trio.fail_after(GUARD * 3):
         async with running_server(handler) as info:
             client = await connect_websocket(info.url, max_message_size=1 << 20)
-            assert isinstance(client, SendsNowait)
+            assert isinstance(client, IdleTransport)
             assert not client.send_nowait("clients mask their frames: never written through")
             await filled.wait()
             while not received or received[-1] != "tail":
