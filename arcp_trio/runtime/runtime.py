@@ -253,7 +253,8 @@ class Runtime(metaclass=NoPublicConstructor):
         The connection runs in the runtime's connection nursery, not the caller's
         task, so the runtime's shutdown flushes and closes it. The caller's task
         waits for it; cancelling the caller aborts the connection. Never raises for
-        anything the peer does; the transport is closed on return.
+        anything the peer does. The connection's task closes the transport: before
+        this returns, except on cancellation (then a moment after).
         """
         done = trio.Event()
         scope = trio.CancelScope()
