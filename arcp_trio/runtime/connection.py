@@ -282,8 +282,10 @@ class Connection:
     # -- running --------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Serve until the connection ends; never raises (except cancellation)."""
-        transport = self.transport
+        """Serve until the connection ends; never raises (except cancellation).
+
+        The transport stays open: whoever runs the connection closes it (the
+        runtime's ``_serve_connection``, the one place a transport is closed)."""
         idle = self._idle
         try:
             if self.monitor is not None and not self.closed:
@@ -303,8 +305,6 @@ class Connection:
             if idle is not None:
                 idle.set_receive_waker(None)
             self.abort(self.close_reason or "connection ended")
-            with trio.move_on_after(5, shield=True):
-                await transport.aclose()
 
     async def _serve_work(self) -> None:
         """Run the connection's nursery until it is idle (or for good, see ``run``).
