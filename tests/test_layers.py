@@ -47,6 +47,8 @@ ALLOWED: dict[str, set[str]] = {
         "cli",
         "__init__",
     },
+    # The cluster's Redis implementations of the runtime's state interfaces.
+    "cluster": {"wire", "protocol", "store", "runtime", "cluster"},
     "__main__": {"cli"},
     "__init__": {"wire", "protocol", "transport", "runtime", "client", "store", "_version"},
     "_version": set(),
