@@ -33,11 +33,14 @@ __all__ = [
     "Admitted",
     "Emitted",
     "Fenced",
+    "Finished",
     "HistoryEvent",
     "Watched",
     "admit",
     "attach_watcher",
+    "deliver",
     "emit",
+    "finish",
     "open_session",
     "take_over",
 ]
@@ -79,6 +82,7 @@ async def open_session(
 # the session's ``cap`` (§6.5: the oldest unacknowledged events go, and ``evicted``
 # says through which seq, for the overflow notice).
 _STAMP = """
+-- A session's stamping state for one script call: read once, written once.
 local function session_state(sid)
   local skey = 'arcp:{s:' .. sid .. '}'
   local f = redis.call('HMGET', skey, 'cap', 'seq', 'evicted')
@@ -285,10 +289,18 @@ _ATTACH_WATCHER = LuaScript(
     _STAMP
     + """
 -- KEYS: job hash, job history stream, job watchers
--- ARGV: job_id, session_id, after (history number), page
+-- ARGV: job_id, session_id, after (history number), page, attach id
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, 0} end
 local last = tonumber(redis.call('HGET', KEYS[1], 'n'))
 local after = tonumber(ARGV[3])
+local skey = 'arcp:{s:' .. ARGV[2] .. '}'
+local cursor = 'attach:' .. ARGV[1]
+-- A retried page (its reply lost) starts after what the same attach stamped.
+local done_by = redis.call('HGET', skey, cursor)
+if done_by then
+  local id, through = string.match(done_by, '^(.*):(%d+)$')
+  if id == ARGV[5] then after = math.max(after, tonumber(through)) end
+end
 if after < last then
   local st = session_state(ARGV[2])
   if not st then return {-2, after} end
@@ -301,9 +313,11 @@ if after < last then
     after = number
   end
   save_state(st)
+  redis.call('HSET', skey, cursor, ARGV[5] .. ':' .. after)
   if after < last then return {after, 0} end
 end
-if redis.call('EXISTS', 'arcp:{s:' .. ARGV[2] .. '}') == 0 then return {-2, after} end
+if redis.call('EXISTS', skey) == 0 then return {-2, after} end
+redis.call('HDEL', skey, cursor)
 redis.call('SADD', KEYS[3], ARGV[2])
 return {after, 1}
 """
@@ -311,7 +325,13 @@ return {after, 1}
 
 
 async def attach_watcher(
-    redis: Redis, job_id: str, session_id: str, *, after: int, page: int = 256
+    redis: Redis,
+    job_id: str,
+    session_id: str,
+    *,
+    after: int,
+    attach_id: str = "",
+    page: int = 256,
 ) -> Watched:
     """Stamp the job's history past ``after`` into the session's stream, a page per
     call; the call that reaches the job's last event also adds the session as a
@@ -324,7 +344,7 @@ async def attach_watcher(
     reply = await _ATTACH_WATCHER(
         redis,
         [keys.job(job_id), keys.job_history(job_id), keys.job_watchers(job_id)],
-        [job_id, session_id, after, page],
+        [job_id, session_id, after, page, attach_id],
     )
     through, done = int(reply[0]), bool(int(reply[1]))
     if through == -1:
@@ -364,3 +384,133 @@ async def take_over(
         [job_id, owner, epoch, new_owner],
     )
     return str(reply[0]), int(reply[1])
+
+
+@attrs.frozen
+class Finished:
+    """``finish``'s outcome: ``first`` False when the job had its terminal already
+    (a retry, or another node's); ``status`` is the job's final status either way."""
+
+    first: bool
+    status: str
+    frame_id: str
+
+
+_FINISH = LuaScript(
+    _STAMP
+    + """
+-- KEYS: job hash, job watchers, owner's jobs
+-- ARGV: job_id, node, epoch, frame id, status, count, then 3 per dialect:
+--       dialect, type, payload
+local f = redis.call('HMGET', KEYS[1], 'owner', 'epoch', 'status', 'terminal_frame')
+if not f[1] then return {'MISSING'} end
+if f[3] ~= 'running' then return {'DONE', f[3], f[4]} end
+if f[1] ~= ARGV[2] or f[2] ~= ARGV[3] then return {'FENCED', f[1], f[2]} end
+local by_dialect = {}
+local fields = {'status', ARGV[5], 'terminal_frame', ARGV[4]}
+for i = 0, tonumber(ARGV[6]) - 1 do
+  local base = 7 + i * 3
+  by_dialect[ARGV[base]] = {ARGV[base + 1], ARGV[base + 2]}
+  fields[#fields + 1] = 'terminal:' .. ARGV[base]
+  fields[#fields + 1] = cjson.encode({ARGV[base + 1], ARGV[base + 2]})
+end
+local n = redis.call('HGET', KEYS[1], 'n')
+for _, sid in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  local st = session_state(sid)
+  if st then
+    local dialect = redis.call('HGET', st.key, 'dialect')
+    local shape = by_dialect[dialect] or by_dialect['spec']
+    stamp(st, shape[1], ARGV[4], ARGV[1], n, '', shape[2])
+    save_state(st)
+  end
+end
+redis.call('HSET', KEYS[1], unpack(fields))
+redis.call('DEL', KEYS[2])
+redis.call('SREM', KEYS[3], ARGV[1])
+return {'OK', ARGV[5], ARGV[4]}
+"""
+)
+
+
+async def finish(
+    redis: Redis,
+    job_id: str,
+    *,
+    node: str,
+    epoch: int,
+    frame_id: str,
+    status: str,
+    shapes: dict[str, tuple[str, str]],
+) -> Finished:
+    """Write the job's terminal: its final ``status``, and one frame (one frame id)
+    into every watcher's stream, shaped for the session's dialect (``shapes``:
+    dialect -> (message type, payload JSON); ``spec`` is the fallback). Kept on the
+    job for a later subscriber (``terminal:<dialect>``). The watchers set goes: a
+    terminal is the last frame of a job (§8.2). Flush the job's events first.
+
+    Raises:
+        Fenced: not ``node``'s at ``epoch``; nothing written.
+        LookupError: no such job.
+    """
+    if "spec" not in shapes:
+        raise ValueError("shapes needs the 'spec' dialect (the fallback)")
+    args: list[str | int | float] = [job_id, node, epoch, frame_id, status, len(shapes)]
+    for dialect, (message_type, payload_json) in sorted(shapes.items()):
+        args += [dialect, message_type, payload_json]
+    reply = await _FINISH(
+        redis, [keys.job(job_id), keys.job_watchers(job_id), keys.node_jobs(node)], args
+    )
+    outcome = reply[0]
+    if outcome == "MISSING":
+        raise LookupError(f"no job {job_id}")
+    if outcome == "FENCED":
+        raise Fenced(job_id, str(reply[1]), int(reply[2]))
+    return Finished(first=outcome == "OK", status=str(reply[1]), frame_id=str(reply[2]))
+
+
+_DELIVER = LuaScript(
+    _STAMP
+    + """
+-- KEYS: session hash; ARGV: session_id, type, frame id, job id, number, trace, payload
+local st = session_state(ARGV[1])
+if not st then return 0 end
+local last = redis.call('HMGET', KEYS[1], 'last_frame', 'last_frame_seq')
+if last[1] == ARGV[3] then return tonumber(last[2]) end
+local seq = stamp(st, ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
+save_state(st)
+redis.call('HSET', KEYS[1], 'last_frame', ARGV[3], 'last_frame_seq', seq)
+return seq
+"""
+)
+
+
+async def deliver(
+    redis: Redis,
+    session_id: str,
+    *,
+    message_type: str,
+    frame_id: str,
+    job_id: str,
+    payload_json: str,
+    number: int = 0,
+    trace_id: str = "",
+) -> int:
+    """Stamp one frame into one session's stream (a rotated credential, a late
+    subscriber's terminal); returns its seq.
+
+    A retry of the session's latest ``deliver`` (same ``frame_id``) returns its seq
+    and stamps nothing.
+
+    Raises:
+        LookupError: no such session.
+    """
+    seq = int(
+        await _DELIVER(
+            redis,
+            [keys.session(session_id)],
+            [session_id, message_type, frame_id, job_id, number, trace_id, payload_json],
+        )
+    )
+    if not seq:
+        raise LookupError(f"no session {session_id}")
+    return seq

@@ -23,7 +23,9 @@ from arcp_trio.cluster.scripts import (
     HistoryEvent,
     admit,
     attach_watcher,
+    deliver,
     emit,
+    finish,
     open_session,
     take_over,
 )
@@ -272,6 +274,138 @@ async def test_a_forgotten_session_stops_being_a_watcher(redis_server: RedisServ
                 await attach_watcher(redis, "job_1", "sess_gone", after=0)
             with pytest.raises(LookupError, match="no job"):
                 await attach_watcher(redis, "job_missing", "sess_gone", after=0)
+
+
+async def test_a_retried_history_page_stamps_nothing_twice(redis_server: RedisServer) -> None:
+    with trio.fail_after(10):
+        async with open_redis(redis_server.url) as redis:
+            await new_job(redis)
+            await open_session(redis, "sess_a", principal="alice", cap=100, dialect="spec")
+            await open_session(redis, "sess_b", principal="alice", cap=100, dialect="spec")
+            await emit(
+                redis,
+                "job_1",
+                node="node-a",
+                epoch=1,
+                events=[event(n) for n in range(1, 11)],
+                history_cap=100,
+            )
+            first = await attach_watcher(
+                redis, "job_1", "sess_a", after=0, page=4, attach_id="sub_1"
+            )
+            # The reply was lost: the caller asks for the same page again.
+            again = await attach_watcher(
+                redis, "job_1", "sess_a", after=0, page=4, attach_id="sub_1"
+            )
+            assert (first.through, again.through) == (4, 8)
+            # A subscribe cut off mid-way (its connection dropped) is not the next
+            # one: a new subscribe from 2 stamps 3 and 4 again.
+            cut_off = await attach_watcher(
+                redis, "job_1", "sess_b", after=0, page=4, attach_id="sub_x"
+            )
+            fresh = await attach_watcher(
+                redis, "job_1", "sess_b", after=2, page=2, attach_id="sub_y"
+            )
+            assert (cut_off.through, fresh.through) == (4, 4)
+            assert [n for _, _, n in await stream(redis, "sess_b")] == [1, 2, 3, 4, 3, 4]
+            done = await attach_watcher(
+                redis, "job_1", "sess_a", after=again.through, page=4, attach_id="sub_1"
+            )
+            assert done.done
+            # A retried emit of events the watcher already had as history: nothing.
+            await emit(redis, "job_1", node="node-a", epoch=1, events=[event(10)], history_cap=100)
+            await emit(redis, "job_1", node="node-a", epoch=1, events=[event(11)], history_cap=100)
+            stamped = await stream(redis, "sess_a")
+            assert [n for _, _, n in stamped] == list(range(1, 12))
+            assert [seq for seq, _, _ in stamped] == list(range(1, 12))
+            # Another subscribe asking for history from 9 gets it again (§7.6).
+            resubscribed = await attach_watcher(
+                redis, "job_1", "sess_a", after=8, attach_id="sub_2"
+            )
+            assert resubscribed.done
+            assert [n for _, _, n in await stream(redis, "sess_a")][11:] == [9, 10, 11]
+
+
+async def test_the_terminal_goes_once_to_every_watcher_in_its_dialect(
+    redis_server: RedisServer,
+) -> None:
+    shapes = {
+        "spec": ("job.error", '{"final_status":"cancelled"}'),
+        "reference": ("job.result", '{"final_status":"cancelled"}'),
+    }
+    with trio.fail_after(10):
+        async with open_redis(redis_server.url) as redis:
+            await new_job(redis)
+            await open_session(redis, "sess_spec", principal="alice", cap=100, dialect="spec")
+            await open_session(redis, "sess_ref", principal="alice", cap=100, dialect="reference")
+            for session_id in ("sess_spec", "sess_ref"):
+                await attach_watcher(redis, "job_1", session_id, after=0)
+            await emit(redis, "job_1", node="node-a", epoch=1, events=[event(1)], history_cap=9)
+            with pytest.raises(Fenced):
+                await finish(
+                    redis, "job_1", node="node-b", epoch=1, frame_id="t", status="x", shapes=shapes
+                )
+            done = await finish(
+                redis,
+                "job_1",
+                node="node-a",
+                epoch=1,
+                frame_id="term_1",
+                status="cancelled",
+                shapes=shapes,
+            )
+            assert done.first
+            retried = await finish(
+                redis,
+                "job_1",
+                node="node-a",
+                epoch=1,
+                frame_id="term_2",
+                status="error",
+                shapes=shapes,
+            )
+            assert (retried.first, retried.status, retried.frame_id) == (
+                False,
+                "cancelled",
+                "term_1",
+            )
+            for session_id, message_type in (
+                ("sess_spec", "job.error"),
+                ("sess_ref", "job.result"),
+            ):
+                entries = await redis.xrange(keys.session_events(session_id), "-", "+")
+                assert [str(e.field_values["t"]) for e in entries] == ["job.event", message_type]
+                assert str(entries[-1].field_values["f"]) == "term_1"
+            # Nothing follows a terminal (§8.2): no watchers remain, the node let go.
+            assert await redis.smembers(keys.job_watchers("job_1")) == set()
+            assert await redis.smembers(keys.node_jobs("node-a")) == set()
+            with pytest.raises(LookupError):
+                await finish(
+                    redis, "job_9", node="node-a", epoch=1, frame_id="t", status="x", shapes=shapes
+                )
+
+
+async def test_one_frame_to_one_session_and_its_retry(redis_server: RedisServer) -> None:
+    with trio.fail_after(10):
+        async with open_redis(redis_server.url) as redis:
+            await open_session(redis, "sess_a", principal="alice", cap=100, dialect="spec")
+
+            async def send(session_id: str, frame_id: str) -> int:
+                return await deliver(
+                    redis,
+                    session_id,
+                    message_type="job.event",
+                    frame_id=frame_id,
+                    job_id="job_1",
+                    payload_json='{"kind":"credential"}',
+                )
+
+            assert await send("sess_a", "f1") == 1
+            assert await send("sess_a", "f1") == 1  # a retry
+            assert await send("sess_a", "f2") == 2
+            assert [seq for seq, _, _ in await stream(redis, "sess_a")] == [1, 2]
+            with pytest.raises(LookupError):
+                await send("sess_none", "f3")
 
 
 async def trio_gather(*calls: object) -> list[tuple[str, int]]:
