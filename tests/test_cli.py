@@ -18,6 +18,7 @@ import trio
 from arcp_trio.transport.stdio import StreamTransport
 from arcp_trio.transport.websocket import connect_websocket
 from tests.helpers import Peer
+from tests.redis_server import free_port
 
 if TYPE_CHECKING:
     from arcp_trio.transport.base import Transport
@@ -93,6 +94,90 @@ async def test_serve_stdio_speaks_ndjson() -> None:
             assert json.loads(json.dumps(terminal))["payload"]["result"]["version"] == "1.0.0"
             # Closing stdin ends the session; the process shuts down cleanly.
             await transport.aclose()
+            assert await process.wait() == 0
+        finally:
+            process.kill()
+            await process.wait()
+
+
+async def http_get(port: int, path: str, headers: str = "") -> tuple[int, str]:
+    """One GET over a raw socket, as ``curl`` would send it."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}Connection: close\r\n\r\n"
+        await stream.send_all(request.encode())
+        data = b""
+        while chunk := await stream.receive_some(65536):
+            data += chunk
+    head, _, body = data.decode().partition("\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+async def upgrade_status(port: int, origin: str) -> int:
+    """The status a WebSocket upgrade from a browser page at ``origin`` gets."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(
+            "GET /arcp HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+            f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nOrigin: {origin}\r\n\r\n".encode()
+        )
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = await stream.receive_some(4096)
+            assert chunk, "closed before the response"
+            head += chunk
+    return int(head.split()[1])
+
+
+def metric(body: str, name: str) -> float:
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in body.splitlines()
+        if line.startswith((name + " ", name + "{"))
+    )
+
+
+async def test_serve_metrics_port_and_origin_allowlist() -> None:
+    metrics_port = free_port()
+    with trio.fail_after(30):
+        process = await trio.lowlevel.open_process(
+            [
+                *SERVE,
+                "--port",
+                "0",
+                "--token",
+                "t1=alice",
+                "--metrics-port",
+                str(metrics_port),
+                "--allow-origin",
+                "https://app.example",
+            ],
+            stdout=subprocess.PIPE,
+        )
+        try:
+            assert process.stdout is not None
+            url = (await read_line(process.stdout)).removeprefix("READY ")
+            status, _ = await http_get(metrics_port, "/healthz")
+            assert status == 200
+            status, _ = await http_get(metrics_port, "/readyz")
+            assert status == 200
+            status, before = await http_get(metrics_port, "/metrics")
+            assert status == 200
+            transport = await connect_websocket(url)
+            await echo_round_trip(transport)
+            await transport.aclose()
+            _, after = await http_get(metrics_port, "/metrics")
+            # The figures move when a job runs.
+            assert metric(after, "arcp_events_delivered_total") > metric(
+                before, "arcp_events_delivered_total"
+            )
+            assert metric(after, "arcp_jobs") >= 1
+            # --allow-origin: the listed page may upgrade; another page is refused (403).
+            ws_port = int(url.split(":")[2].split("/")[0])
+            assert await upgrade_status(ws_port, "https://evil.example") == 403
+            assert await upgrade_status(ws_port, "https://app.example") == 101
+            process.send_signal(signal.SIGTERM)
             assert await process.wait() == 0
         finally:
             process.kill()

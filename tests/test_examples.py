@@ -23,6 +23,12 @@ EXPECTED = {
         "reconnects: 1",
     ],
     "conformance_check.py": ["PASS  §6.3   resume.replay", "0 failed, 0 skipped"],
+    "starlette_mount.py": [
+        "GET / -> 200 {'sessions': 0, 'jobs': 0}",
+        "event 3 {'current': 3, 'total': 3, 'units': 'ticks'}",
+        "result: {'ticks': 3}",
+        "GET / -> 200 {'sessions': 1, 'jobs': 1}",
+    ],
 }
 
 

@@ -50,6 +50,8 @@ ALLOWED: dict[str, set[str]] = {
     # The cluster's Redis implementations of the runtime's state interfaces.
     "cluster": {"wire", "protocol", "store", "runtime", "cluster"},
     "__main__": {"cli"},
+    # The ASGI app: a runtime's connections over the ASGI transport.
+    "asgi": {"wire", "transport", "runtime", "asgi"},
     "__init__": {"wire", "protocol", "transport", "runtime", "client", "store", "_version"},
     "_version": set(),
     "_scopes": set(),
@@ -174,6 +176,8 @@ ROOMS: dict[str, set[str]] = {
         "tools",
     },
     "ledger": {"credentials"},
+    # Reads the facade's statistics at scrape time (the runtime never imports it).
+    "metrics": {"runtime"},
     "otel": set(),
     "recovery": {"session"},
     # The router knows sessions and the state; never the jobs that publish.

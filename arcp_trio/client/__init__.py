@@ -16,3 +16,6 @@ from .handles import JobInfo as JobInfo
 from .handles import JobOutcome as JobOutcome
 from .handles import JobPage as JobPage
 from .handles import Subscription as Subscription
+from .ticket import InvalidTicket as InvalidTicket
+from .ticket import ResumeTicket as ResumeTicket
+from .ticket import TicketJob as TicketJob

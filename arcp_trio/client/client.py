@@ -62,6 +62,7 @@ from ..wire.ids import new_ulid
 from ..wire.messages import MessageType
 from ..wire.timestamps import WallClock, format_timestamp, system_wall_clock
 from .handles import Event, JobHandle, JobInfo, JobPage, Subscription, _Stream
+from .ticket import ResumeTicket, TicketJob
 
 __all__ = [
     "Backoff",
@@ -81,6 +82,10 @@ Connector = Callable[[], Awaitable[Transport]]
 #: Job frames kept for jobs whose ``job.accepted`` has not arrived yet (replays
 #: after a resume can precede the re-sent submit's reply).
 _MAX_ORPHANS = 100_000
+
+#: Jobs of this session whose terminal was delivered, remembered so that a later
+#: ``cancel(job_id)`` returns at once (the runtime may say nothing about an ended job).
+_MAX_ENDED = 1024
 
 
 class ClientClosed(TransportClosed):
@@ -173,8 +178,11 @@ class Client:
         handshake_timeout: float,
         wall_clock: WallClock,
         restart_on_session_lost: bool = False,
+        url: str | None = None,
+        resume: ResumeTicket | None = None,
     ) -> None:
         self._connect = connect
+        self._url = url
         self._wall_clock = wall_clock
         self._token = token
         self._client_name = client_name
@@ -218,6 +226,12 @@ class Client:
         self._lost: ARCPError | None = None
         self._supervisor_scope: trio.CancelScope | None = None
         self._closers: trio.Nursery | None = None
+        #: A resumed ticket's handles that ``job()`` has not handed out yet: kept even
+        #: past their terminal, which may be in the replay that follows the welcome.
+        self._unclaimed: dict[str, JobHandle] = {}
+        self._ended: dict[str, None] = {}  # insertion-ordered; the oldest go first
+        if resume is not None:
+            self._adopt(resume)
 
     # == public API ===========================================================================
 
@@ -238,6 +252,84 @@ class Client:
     @property
     def last_event_seq(self) -> int:
         return self._last_event_seq
+
+    def resume_ticket(self) -> ResumeTicket:
+        """This session, exported: ``open_client(resume=ticket)`` resumes it, from
+        another process too (§6.3). See ``arcp_trio.client.ticket``.
+
+        The ticket's ``last_event_seq`` is the highest ``event_seq`` this client has
+        received (and handed to a handle or subscription), so the resumed client gets
+        exactly the events after it. Its ``jobs`` are the jobs this client holds
+        unfinished handles for. Export when nothing more will be read here: after the
+        ``async with open_client(...)`` block has ended is best (the session stays
+        resumable for its window, §6.7; nothing arrives after the close). A reconnect
+        rotates the token (§6.3), so a ticket exported before a reconnect is stale.
+
+        Raises:
+            ResumeWindowExpired: the session is lost (or, with
+                ``restart_on_session_lost``, its replacement is not open yet); other
+                errors that ended the session are raised as themselves.
+        """
+        if self._lost is not None:
+            raise self._lost
+        if self.session_id is None or self._resume_token is None:
+            raise ResumeWindowExpired("the session was lost; a new one is not open yet")
+        return ResumeTicket(
+            url=self._url,
+            session_id=self.session_id,
+            resume_token=self._resume_token,
+            last_event_seq=self._last_event_seq,
+            jobs=tuple(
+                TicketJob(job_id=job_id, agent=handle.agent, job_events=handle._stream.job_events)
+                for job_id, handle in self._handles.items()
+            ),
+        )
+
+    def job(self, job_id: str) -> JobHandle:
+        """The handle of a job this client holds: an unfinished job it submitted, or a
+        job of the ticket it resumed (``ResumeTicket.jobs``).
+
+        A ticket's handles exist before the resume's replay arrives, so they hold every
+        event after the ticket's ``last_event_seq``, and they stay here until claimed
+        even if the job's terminal is in that replay.
+
+        Raises:
+            KeyError: no such handle: this session never submitted the job, or the job's
+                terminal has been delivered to the handle ``submit`` returned.
+        """
+        handle = self._handles.get(job_id) or self._unclaimed.get(job_id)
+        if handle is None:
+            raise KeyError(job_id)
+        self._unclaimed.pop(job_id, None)
+        return handle
+
+    async def cancel(self, job_id: str, reason: str = "client.cancel") -> None:
+        """Ask the runtime to cancel ``job_id`` (§7.4); wait for ``job.cancelled`` or the
+        job's terminal.
+
+        With a handle of the job here, this is ``client.job(job_id).cancel(reason)``;
+        it returns at once if this client has seen the job end (the last
+        1024 such jobs are remembered). Otherwise the request goes out anyway: only
+        the submitting session may cancel (§7.4), and another session gets
+        ``PermissionDenied``. Bound the wait with ``trio.move_on_after``: a runtime may
+        answer nothing when the job has already ended, and a runtime that lets other
+        sessions of the principal cancel (the reference SDK) sends those sessions
+        neither the ack nor the terminal.
+
+        Raises:
+            PermissionDenied: this session did not submit the job.
+            JobNotFound: the runtime knows no such job (for this principal).
+            ResumeWindowExpired, ClientClosed: the session ended first.
+
+        Cancellation: the cancel may still reach the runtime.
+        """
+        handle = self._handles.get(job_id) or self._unclaimed.get(job_id)
+        if handle is not None:
+            await handle.cancel(reason)
+        elif job_id in self._ended:
+            await trio.lowlevel.checkpoint()  # this session saw it end
+        else:
+            await self._cancel(job_id, reason)
 
     async def submit(
         self,
@@ -744,6 +836,8 @@ class Client:
         assert job_id is not None
         streams = self._streams(job_id)
         if not streams:
+            if envelope.type != MessageType.JOB_EVENT:
+                self._settle_cancels(job_id)  # the job ended: a cancel by id is answered
             if self._orphan_count >= _MAX_ORPHANS:
                 log.warning("dropping a frame for unknown job job_id=%s", job_id)
                 return
@@ -765,7 +859,13 @@ class Client:
         payload = unstructure_payload(envelope.payload)
         for stream in streams:
             stream.finish_with_payload(envelope.type, payload)
-        self._handles.pop(job_id, None)
+        if self._handles.pop(job_id, None) is not None:
+            self._ended[job_id] = None
+            if len(self._ended) > _MAX_ENDED:
+                del self._ended[next(iter(self._ended))]
+        self._settle_cancels(job_id)
+
+    def _settle_cancels(self, job_id: str) -> None:
         for request in list(self._pending.values()):
             if request.type == MessageType.JOB_CANCEL and request.job_id == job_id:
                 self._settle(request)
@@ -774,6 +874,19 @@ class Client:
         for envelope in self._orphans.pop(job_id, []):
             self._orphan_count -= 1
             self._route(envelope)
+
+    def _adopt(self, ticket: ResumeTicket) -> None:
+        """Take over an exported session: the first handshake resumes it (its ``resume``
+        block is the one every reconnect sends), and the handles of its jobs exist
+        before the receive task runs, so the replay after the welcome lands in them."""
+        self.session_id = ticket.session_id
+        self._resume_token = ticket.resume_token
+        self._last_event_seq = ticket.last_event_seq
+        for job in ticket.jobs:
+            handle = JobHandle(job.job_id, {"job_id": job.job_id, "agent": job.agent}, self._cancel)
+            handle._stream.job_events = job.job_events
+            self._handles[job.job_id] = self._unclaimed[job.job_id] = handle
+            self._submitted.add(job.job_id)
 
     def _on_accepted(self, envelope: Envelope) -> None:
         payload = unstructure_payload(envelope.payload)
@@ -837,13 +950,7 @@ class Client:
             self._session_lost(cause)
             return None
         log.warning("session lost session_id=%s; opening a new one (%s)", self.session_id, cause)
-        self.session_id = None
-        self._resume_token = None
-        self._last_event_seq = self._last_acked = 0
-        self._job_seq.clear()
-        self._unsubscribe_later.clear()  # a new session subscribes to nothing
-        self._orphans.clear()
-        self._orphan_count = 0
+        self._forget_session()
         failures = 0
         while not self._closed:
             await trio.sleep(self._jitter(self._backoff.delay(failures)))
@@ -858,10 +965,58 @@ class Client:
                     continue
                 self._session_lost(exc)
                 return None
-            self.sessions_restarted += 1
-            self._resubscribe_all()
+            self._restarted()
             return transport, welcome
         return None
+
+    def _forget_session(self) -> None:
+        """Drop the lost session's state; the next handshake opens a new session."""
+        self.session_id = None
+        self._resume_token = None
+        self._last_event_seq = self._last_acked = 0
+        self._job_seq.clear()
+        self._unsubscribe_later.clear()  # a new session subscribes to nothing
+        self._orphans.clear()
+        self._orphan_count = 0
+
+    def _restarted(self) -> None:
+        """A new session replaces the lost one: every unfinished stream continues."""
+        self.sessions_restarted += 1
+        self._resubscribe_all()
+
+    async def _first_connection(self) -> tuple[Transport, Envelope]:
+        """The first connection and handshake; its errors reach ``open_client``'s caller.
+
+        With a ticket whose session is gone (``RESUME_WINDOW_EXPIRED``, §6.3) and
+        ``restart_on_session_lost``, a new session takes its place and the ticket's
+        handles continue through subscriptions, as after a loss later on.
+        """
+        transport = await self._connect()
+        try:
+            return transport, await self._handshake(transport)
+        except ResumeWindowExpired as exc:
+            await _close_quietly(transport)
+            if self.session_id is None or not self._restart_on_lost:
+                raise
+            cause = exc
+        except BaseException:
+            await _close_quietly(transport)
+            raise
+        log.warning("cannot resume session_id=%s (%s); opening a new one", self.session_id, cause)
+        self._forget_session()
+        transport = await self._connect()
+        try:
+            welcome = await self._handshake(transport)
+        except BaseException:
+            await _close_quietly(transport)
+            raise
+        if not self._strict:
+            # Only job-numbered history lets a new session continue a job (see
+            # _restart_or_lose): this runtime cannot, so the ticket's error stands.
+            await _close_quietly(transport)
+            raise cause
+        self._restarted()
+        return transport, welcome
 
     def _resubscribe_all(self) -> None:
         """Queue a history subscription for every unfinished stream (sent on attach)."""
@@ -941,6 +1096,7 @@ async def open_client(
     handshake_timeout: float = 10.0,
     wall_clock: WallClock = system_wall_clock,
     restart_on_session_lost: bool = False,
+    resume: ResumeTicket | None = None,
 ) -> AsyncIterator[Client]:
     """Connect to a runtime and keep the session alive until the block ends.
 
@@ -957,13 +1113,27 @@ async def open_client(
             session and re-subscribe to every unfinished job instead of failing the
             handles (they continue from the job's next event, without cancel
             authority). Needs a runtime with job-numbered history (arcp_trio).
+            Applies to a ``resume`` ticket whose session is gone, too.
+        resume: a ``ResumeTicket`` (``Client.resume_ticket()``, maybe from another
+            process): the first connection resumes that session instead of opening a
+            new one (§6.3), and ``client.job(job_id)`` hands out its jobs' handles,
+            fed with every event after the ticket's ``last_event_seq``. ``url``
+            defaults to the ticket's. ``token`` must name the session's principal.
 
     Raises:
         Unauthenticated, TransportError, ...: the *first* connection failed.
+        ResumeWindowExpired: the ``resume`` ticket's session is gone (its window is
+            over, or the runtime no longer holds the events after its
+            ``last_event_seq``), unless ``restart_on_session_lost`` took over.
+        PermissionDenied: the ticket's token is stale (a later resume rotated it),
+            or ``token`` is another principal's; the reference runtime also answers a
+            gone session this way (WIRE.md §5).
 
     On exit the session is closed politely (jobs keep running) and every handle
     that has not finished ends with ``ClientClosed``.
     """
+    if url is None and resume is not None:
+        url = resume.url
     if connect is None:
         if url is None:
             raise ValueError("pass a url or a connect function")
@@ -981,11 +1151,12 @@ async def open_client(
         handshake_timeout=handshake_timeout,
         wall_clock=wall_clock,
         restart_on_session_lost=restart_on_session_lost,
+        url=url,
+        resume=resume,
     )
     # The first connection is made here, outside any nursery, so its errors reach
     # the caller as themselves.
-    transport = await connect()
-    welcome = await client._handshake(transport)
+    transport, welcome = await client._first_connection()
     async with open_owner_nursery() as (supervisor_nursery, body):
         await supervisor_nursery.start(client._supervise, transport, welcome)
         try:

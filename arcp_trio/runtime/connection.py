@@ -213,6 +213,7 @@ class Connection:
             and not self.outbox.closed
             and idle.send_nowait(frame)
         ):
+            self.outbox.frames_written += 1  # written past the outbox: counted with it
             if idle.write_pending:
                 self._start_writer()
             return

@@ -102,12 +102,15 @@ class Handshake:
         self._cache: int | None = config.event_cache_events if durable else None
         #: The ``sent_at`` of the pings of the last timer pass, and that pass's ``now``.
         self._ping_time: tuple[float, str] = (math.nan, "")
+        #: Counters for ``Runtime.statistics``: refusals by code, timeouts, welcomes.
+        self.failures: dict[str, int] = {}
+        self.timed_out = self.opened = self.resumed = 0
 
     async def open(self, transport: Transport) -> Connection | None:
         """The connection's session, or None once the peer has been answered (or
         has gone): the caller then closes the transport."""
         if self._closing():
-            await self._refuse(transport, InternalError("runtime is shutting down"), None)
+            await self.refuse_shutting_down(transport)
             return None
         text: str | None = None
         with trio.move_on_after(self._config.handshake_timeout_sec):
@@ -119,6 +122,7 @@ class Handshake:
             except TransportError:
                 return None
         if text is None:
+            self.timed_out += 1
             log.info("handshake timed out peer=%s", transport.description)
             return None
         try:
@@ -136,8 +140,15 @@ class Handshake:
             await self._refuse(transport, exc, envelope.id)
             return None
 
+    async def refuse_shutting_down(self, transport: Transport) -> None:
+        """A connection arriving during or after shutdown: told why (retryable: a
+        successor may serve it), without waiting for its hello."""
+        await self._refuse(transport, InternalError("runtime is shutting down"), None)
+
     async def _refuse(self, transport: Transport, error: ARCPError, request_id: str | None) -> None:
         """Answer a failed handshake, then let the caller close the transport."""
+        code = str(error.code)
+        self.failures[code] = self.failures.get(code, 0) + 1
         frame = Envelope(
             type=MessageType.SESSION_ERROR,
             id=new_ulid(),
@@ -184,6 +195,7 @@ class Handshake:
             client_name=hello.client.name,
         )
         self._sessions.add(session)
+        self.opened += 1
         log.info(
             "session opened session_id=%s principal=%s client=%s",
             session.session_id,
@@ -251,6 +263,7 @@ class Handshake:
             session.connection = None
         session.features = features
         session.dialect = dialect
+        self.resumed += 1
         log.info(
             "session resumed session_id=%s last_event_seq=%s replay=%s",
             session.session_id,

@@ -101,6 +101,8 @@ class EventRouter:
         self._history_ram: dict[str, JobRecord] = {}
         self.history_ram_total = 0
         self._canceller: Canceller = lambda _job_id, _why: False
+        #: Counters for ``Runtime.statistics`` (plain ints: read at scrape time).
+        self.events_published = self.events_delivered = self.overflows = self.events_evicted = 0
 
     def set_canceller(self, canceller: Canceller) -> None:
         """The job runner: where ``request_cancel`` goes in this process."""
@@ -110,6 +112,7 @@ class EventRouter:
         return self._canceller(job_id, why)
 
     def publish(self, job: JobRecord, kind: str, body: Any) -> None:
+        self.events_published += 1
         frame_id = new_frame_id()
         payload_json = dumps({"kind": kind, "ts": self._timestamp(), "body": body})
         history = job.history
@@ -191,6 +194,7 @@ class EventRouter:
             frame_id=frame_id,
             payload_json=payload_json,
         )
+        self.events_delivered += 1
         buffer = session.buffer
         if self._durable:
             seq = buffer.last_seq
@@ -202,6 +206,8 @@ class EventRouter:
 
     def _notify_overflow(self, session: Session, job: JobRecord, notice: OverflowNotice) -> None:
         """§6.5 back-pressure signal: the buffer cap evicted unacknowledged events."""
+        self.overflows += 1
+        self.events_evicted += notice.evicted_count
         log.warning(
             "event buffer overflow session_id=%s evicted_through=%s evicted=%s",
             session.session_id,

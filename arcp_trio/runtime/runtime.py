@@ -6,10 +6,16 @@ Theory of operation
 over the rooms of ``runtime/`` (docs/architecture.md)::
 
     store_nursery               the store's writer (outlives everything below)
-      job_nursery               every job's task; only jobs.py starts tasks here
-        connection_nursery      every connection (``handle_transport``), each with
+      connection_nursery        every connection (``handle_transport``), each with
                                 its own conn_nursery inside (connection.py)
-          session_nursery       timers (heartbeats, resume windows), janitor, ledger
+      session_nursery           timers (heartbeats, resume windows), janitor, ledger
+      job_nursery               every job's task; only jobs.py starts tasks here;
+                                the caller's ``async with`` body runs inside it
+
+The connection and session nurseries are each opened by a task of their own
+(``_Area``), outside the caller's body, so that shutdown's cancelling them never
+reaches the caller's code: a signal handler in the body can ``await
+runtime.shutdown()`` (the drain) and go on.
 
 Rooms, and the one-way arrows between them (tests/test_layers.py keeps them)::
 
@@ -40,8 +46,10 @@ import trio
 
 from .._scopes import open_owner_nursery
 from .._util import NoPublicConstructor
+from ..protocol.job import JobStatus
 from ..protocol.session import ALL_FEATURES, CREDENTIALS_FEATURE
 from ..store.base import MemoryStore, Recovered, Store
+from ..wire.messages import MessageType, SessionClosed
 from ..wire.timestamps import (
     WallClock,
     format_timestamp,
@@ -97,6 +105,40 @@ class RuntimeStatistics:
     #: Ids of credentials whose revocation failed for good (§9.8.2, §14: surfaced
     #: to operators; each was logged at ERROR).
     unrevoked_credentials: tuple[str, ...] = ()
+    #: ``Runtime.ready``: the store is open, recovery is done, shutdown has not begun.
+    ready: bool = False
+    #: Transports the runtime serves now: in the handshake or attached to a session.
+    connections: int = 0
+    #: Every job the runtime knows (finished ones until retention), by status (§7.3);
+    #: every status is present.
+    jobs_by_status: Mapping[str, int] = attrs.field(factory=dict, hash=False)
+    #: The largest ``buffered_events`` of any one session.
+    max_session_buffered_events: int = 0
+    #: Frames queued on connections and not yet written to their transports.
+    queued_frames: int = 0
+    # -- counters, since the runtime opened (they only grow) --
+    #: Events agents emitted (each once, however many sessions watch the job).
+    events_published: int = 0
+    #: Job frames (events, terminals, notices) stamped into a session's stream (§8.3):
+    #: an event watched by two sessions counts twice.
+    events_delivered: int = 0
+    #: Frames written to transports (every kind, by every connection).
+    frames_written: int = 0
+    #: Times a live connection was so far behind that a producer had to wait for it
+    #: (an agent's emit, a replay): one per congested episode of a connection.
+    backpressure_episodes: int = 0
+    #: §6.5 overflow episodes: the buffer cap evicted unacknowledged events and a
+    #: ``status {phase: "back_pressure"}`` told the session.
+    buffer_overflows: int = 0
+    #: Unacknowledged events those episodes evicted.
+    events_evicted: int = 0
+    #: Sessions welcomed new, and resumed (§6.3).
+    sessions_opened: int = 0
+    sessions_resumed: int = 0
+    #: Handshakes refused with a ``session.error``, by its code (§12).
+    handshake_failures: Mapping[str, int] = attrs.field(factory=dict, hash=False)
+    #: Handshakes whose first frame did not arrive within ``handshake_timeout_sec``.
+    handshake_timeouts: int = 0
 
 
 class Runtime(metaclass=NoPublicConstructor):
@@ -117,8 +159,8 @@ class Runtime(metaclass=NoPublicConstructor):
         telemetry: Telemetry,
         lease_policy: LeasePolicy | None,
         job_nursery: trio.Nursery,
-        session_nursery: trio.Nursery,
-        connection_nursery: trio.Nursery,
+        session_area: _Area,
+        connection_area: _Area,
     ) -> None:
         self.agents = agents
         self.tools = tools
@@ -136,14 +178,23 @@ class Runtime(metaclass=NoPublicConstructor):
             if wall_clock is system_wall_clock
             else lambda: format_timestamp(wall_clock())
         )
-        self._session_nursery = session_nursery
-        self._connection_nursery = connection_nursery
+        self._session_area, self._connection_area = session_area, connection_area
+        session_nursery = session_area.nursery
+        self._connection_nursery = connection_area.nursery
         #: Heartbeats and resume windows: one task for every deadline (``run`` is
         #: started by ``open_runtime``). A ping may go out one granularity early.
         self._timers = Timers(granularity=min(1.0, config.heartbeat_interval_sec / 20))
         self._closing = False
+        #: Set by ``open_runtime`` once the store is loaded and restored (``ready``).
+        self._restored = False
         self._shutdown_done = trio.Event()
         self._connections: set[Connection] = set()
+        #: Transports in ``_serve_connection`` (handshaking or attached).
+        self._serving = 0
+        #: What the connections that have ended wrote and waited for (``statistics``
+        #: adds the live ones': nothing is counted per frame here).
+        self._ended_frames_written = 0
+        self._ended_backpressure = 0
         # -- the rooms, wired one way --
         self._jobs, self._sessions = open_state(store)
         #: Issue, rotate, revoke (§9.8), with the store's revocation ledger (§14).
@@ -207,17 +258,57 @@ class Runtime(metaclass=NoPublicConstructor):
 
     # == public surface ==========================================================================
 
+    @property
+    def ready(self) -> bool:
+        """Serving: the store is open, recovery is done and shutdown has not begun
+        (what a readiness probe asks; ``runtime.metrics`` serves it as ``/readyz``)."""
+        return self._restored and not self._closing
+
     def statistics(self) -> RuntimeStatistics:
-        sessions = self._sessions
+        """A snapshot of what the runtime holds and has done (``RuntimeStatistics``).
+
+        Costs a pass over the sessions, jobs and connections: read it when asked (a
+        metrics scrape), not per event. The runtime's own counting is plain integers.
+        """
+        attached = buffered = cached = largest = 0
+        for session in self._sessions:
+            held = len(session.buffer)
+            buffered += held
+            cached += session.buffer.cached
+            largest = max(largest, held)
+            if session.connection is not None:
+                attached += 1
+        by_status = dict.fromkeys(map(str, JobStatus), 0)
+        for job in self._jobs:
+            by_status[job.status] += 1
+        connections = self._connections
+        handshake, router = self._handshake, self._router
         return RuntimeStatistics(
-            sessions=len(sessions),
-            attached_sessions=sum(1 for s in sessions if s.connection is not None),
+            sessions=len(self._sessions),
+            attached_sessions=attached,
             jobs_total=len(self._jobs),
             jobs_active=self._runner.active,
-            buffered_events=sum(len(s.buffer) for s in sessions),
-            cached_events=sum(s.buffer.cached for s in sessions),
-            cached_history_events=self._router.history_ram_total,
+            buffered_events=buffered,
+            cached_events=cached,
+            cached_history_events=router.history_ram_total,
             unrevoked_credentials=self._ledger.unrevoked,
+            ready=self.ready,
+            connections=self._serving,
+            jobs_by_status=by_status,
+            max_session_buffered_events=largest,
+            queued_frames=sum(len(c.outbox.frames) for c in connections),
+            events_published=router.events_published,
+            events_delivered=router.events_delivered,
+            frames_written=self._ended_frames_written
+            + sum(c.outbox.frames_written for c in connections),
+            backpressure_episodes=self._ended_backpressure
+            + sum(c.outbox.congestion_episodes for c in connections),
+            buffer_overflows=router.overflows,
+            events_evicted=router.events_evicted,
+            sessions_opened=handshake.opened,
+            sessions_resumed=handshake.resumed,
+            handshake_failures=dict(handshake.failures),
+            handshake_timeouts=handshake.timed_out,
         )
 
     def session(self, session_id: str) -> Session | None:
@@ -259,9 +350,14 @@ class Runtime(metaclass=NoPublicConstructor):
         done = trio.Event()
         scope = trio.CancelScope()
         try:
+            if self._connection_nursery.cancel_scope.cancel_called:
+                # Shut down: a connection started there now would be cancelled before
+                # it could say why; refuse it here instead.
+                raise RuntimeError("the connection nursery is closing")
             self._connection_nursery.start_soon(self._serve_connection, transport, scope, done)
         except RuntimeError:
-            # The runtime has closed its connection nursery: refuse by closing.
+            # The runtime has closed its connection nursery: refuse, then close.
+            await self._handshake.refuse_shutting_down(transport)
             await _close(transport)
             return
         try:
@@ -274,26 +370,57 @@ class Runtime(metaclass=NoPublicConstructor):
         self, transport: Transport, scope: trio.CancelScope, done: trio.Event
     ) -> None:
         """The one place a connection runs, and the one place its transport closes."""
+        self._serving += 1
         try:
             with scope:
                 connection = await self._handshake.open(transport)
                 if connection is None:
                     return
                 self._connections.add(connection)
+                if self._closing:
+                    # Welcomed while the runtime began to shut down: drained like the rest.
+                    self._drain(connection)
                 try:
                     await connection.run()
                 finally:
                     self._connections.discard(connection)
+                    self._ended_frames_written += connection.outbox.frames_written
+                    self._ended_backpressure += connection.outbox.congestion_episodes
                     self._handshake.detach(connection)
         finally:
+            self._serving -= 1
             await _close(transport)
             done.set()
+
+    @staticmethod
+    def _drain(connection: Connection) -> None:
+        """Shutdown's end of one connection: what is queued (the terminals among it),
+        then a runtime-initiated ``session.closed``, then the close.
+
+        §6.7 defines ``session.closed`` as the acknowledgement of a close; sent
+        unasked it tells the client the runtime ended the connection on purpose (not
+        a network fault), and its jobs and session stay resumable within the window,
+        on this runtime's successor with a durable store. Sent to every session: the
+        reference client ignores types it does not know (WIRE.md, "Decisions" and
+        §17.9), and ``session.bye`` would make it close itself for good (§17.11).
+        A session still catching up on a replay from the store gets no notice: it
+        would land in the middle of that replay.
+        """
+        if not connection.closed and not connection.session.catching_up:
+            connection.reply(MessageType.SESSION_CLOSED, SessionClosed(reason=_SHUTDOWN_REASON))
+        connection.close_after_flush(_SHUTDOWN_REASON)
 
     async def shutdown(self) -> None:
         """Stop accepting, give jobs a bounded grace, then end them with a terminal.
 
-        Idempotent. Watchers receive every terminal: connections are flushed (for a
-        bounded time) before the connection nursery is cancelled.
+        Idempotent. From the first call ``ready`` is False, and a new connection's
+        hello is refused (``INTERNAL_ERROR``, retryable: "runtime is shutting down").
+        Watchers receive every terminal, then a ``session.closed`` with reason
+        "runtime shutting down" (§6.7), then the transport closes: connections are
+        flushed (for a bounded time) before the connection nursery is cancelled.
+        Returns once every connection is over, so the transport servers can be
+        stopped after it without cutting a drain short. It never cancels the
+        caller: a task inside ``open_runtime``'s body may await it and go on.
 
         Cancellation: shielded internally and bounded by the configured grace plus a
         few seconds.
@@ -302,13 +429,26 @@ class Runtime(metaclass=NoPublicConstructor):
             await self._shutdown_done.wait()
             return
         self._closing = True
+        log.info(
+            "runtime shutting down connections=%s jobs_active=%s grace=%s",
+            len(self._connections),
+            self._runner.active,
+            self.config.shutdown_grace_sec,
+        )
         with trio.CancelScope(shield=True):
             await self._runner.shutdown(self.config.shutdown_grace_sec)
             for connection in list(self._connections):
-                connection.close_after_flush("runtime shutting down")
+                self._drain(connection)
             # The flushes get two seconds; then the connection nursery ends them.
             self._connection_nursery.cancel_scope.deadline = trio.current_time() + 2
-            self._session_nursery.cancel_scope.cancel()
+            self._connection_area.release.set()  # it closes once they are done
+            self._session_area.nursery.cancel_scope.cancel()
+            # Returns once every connection is over: whoever serves the transports
+            # may stop now without cutting a drain short. Bounded: 2 s of flushes,
+            # then each transport's own bounded close.
+            with trio.move_on_after(10):
+                await self._connection_area.closed.wait()
+                await self._session_area.closed.wait()
         self._shutdown_done.set()
 
     def _restore(self, recovered: Recovered) -> None:
@@ -346,6 +486,35 @@ class Runtime(metaclass=NoPublicConstructor):
             len(recovered.sessions),
             sum(high - low + 1 for low, high in recovered.event_bounds.values()),
         )
+
+
+#: Why shutdown ends a connection: the ``session.closed`` reason and the log's.
+_SHUTDOWN_REASON = "runtime shutting down"
+
+
+class _Area:
+    """A nursery opened by a task of its own (``run``), outside the caller's body,
+    so that cancelling it never cancels the caller's code. It closes once
+    ``release`` is set (or it is cancelled) and its tasks are done; then ``closed``."""
+
+    def __init__(self) -> None:
+        self.release = trio.Event()
+        self.closed = trio.Event()
+        self._nursery: trio.Nursery | None = None
+
+    @property
+    def nursery(self) -> trio.Nursery:
+        assert self._nursery is not None, "the area's task has not started"
+        return self._nursery
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                await self.release.wait()
+        finally:
+            self.closed.set()
 
 
 async def _close(transport: Transport) -> None:
@@ -414,14 +583,14 @@ async def open_runtime(
         async with open_owner_nursery() as (store_nursery, body):
             # The writer outlives jobs and sessions, so their last words are written.
             await store_nursery.start(store.run)
-            # Nested scopes: the session nursery (cancelled at shutdown) sits inside
-            # the connection nursery, so cancelling it leaves the connections their
-            # flush; both sit inside the job nursery, which nothing cancels.
-            async with (
-                trio.open_nursery() as job_nursery,
-                trio.open_nursery() as connection_nursery,
-                trio.open_nursery() as session_nursery,
-            ):
+            # Connections and the timers in areas of their own (``_Area``): shutdown
+            # ends them without cancelling the body, and waits for them. The job
+            # nursery, which nothing cancels, holds the body.
+            connection_area, session_area = _Area(), _Area()
+            await store_nursery.start(connection_area.run)
+            await store_nursery.start(session_area.run)
+            async with trio.open_nursery() as job_nursery:
+                session_nursery = session_area.nursery
                 runtime = Runtime._create(
                     agents=agents,
                     auth=auth,
@@ -434,12 +603,13 @@ async def open_runtime(
                     telemetry=telemetry or NoTelemetry(),
                     lease_policy=lease_policy,
                     job_nursery=job_nursery,
-                    session_nursery=session_nursery,
-                    connection_nursery=connection_nursery,
+                    session_area=session_area,
+                    connection_area=connection_area,
                 )
                 runtime._restore(recovered)
                 session_nursery.start_soon(runtime._runner.janitor)
                 session_nursery.start_soon(runtime._timers.run)
+                runtime._restored = True  # ready: the store is open, recovery done
                 try:
                     yield runtime
                 except BaseException as exc:

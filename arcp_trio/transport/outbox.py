@@ -41,6 +41,7 @@ class Outbox:
         "_wakeup",
         "_writable",
         "closed",
+        "congestion_episodes",
         "frames",
         "frames_written",
     )
@@ -59,6 +60,9 @@ class Outbox:
         self._flush_then_stop = False
         self.closed = False
         self.frames_written = 0
+        #: Congested episodes a producer waited through (each counted once: the first
+        #: waiter of an episode makes its event; ``_release_writers`` ends it).
+        self.congestion_episodes = 0
 
     def enqueue(self, frame: str) -> None:
         """Queue a frame (dropped once the outbox is closed: its transport is gone)."""
@@ -80,6 +84,7 @@ class Outbox:
         while self.congested:
             if self._writable is None:
                 self._writable = trio.Event()
+                self.congestion_episodes += 1
             await self._writable.wait()
 
     @property

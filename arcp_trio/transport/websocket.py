@@ -93,6 +93,7 @@ from arcp_trio.transport.base import (
     text_prefix,
     utf8_size,
 )
+from arcp_trio.transport.origin import OriginPolicy
 from arcp_trio.transport.reactor import ReadReactor, Registration, reactor_available
 from arcp_trio.transport.wsframes import FrameConnection, server_text_frame, server_text_frames
 
@@ -827,12 +828,15 @@ async def websocket_server_handshake(
     close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
     description: str = "ws",
     reactor: ReadReactor | None = None,
+    allow_origins: Sequence[str] | OriginPolicy | None = None,
 ) -> WebSocketTransport | None:
     """Answer a client's opening handshake on ``stream``.
 
     A request for another path (the query string is ignored) is refused with HTTP 404,
-    a malformed upgrade with wsproto's suggested 4xx. No subprotocol and no extension is
-    accepted (in particular not permessage-deflate, which ``websockets`` offers).
+    a malformed upgrade with wsproto's suggested 4xx, a browser page whose ``Origin``
+    ``allow_origins`` does not allow with HTTP 403 (:mod:`arcp_trio.transport.origin`:
+    by default requests without an ``Origin`` only). No subprotocol and no extension
+    is accepted (in particular not permessage-deflate, which ``websockets`` offers).
 
     Returns:
         The transport (reading through ``reactor`` when one is given and ``stream``
@@ -845,6 +849,7 @@ async def websocket_server_handshake(
     Cancellation: unbounded on its own; callers wrap it in a timeout. The stream is
     not closed here.
     """
+    policy = OriginPolicy.of(allow_origins)
     ws = WSConnection(ConnectionType.SERVER)
     request: Request | None = None
     try:
@@ -869,6 +874,12 @@ async def websocket_server_handshake(
         if requested != path:
             log.info("refused upgrade peer=%s path=%r status=404", description, requested)
             await stream.send_all(_http_rejection(404))
+            return None
+        refusal = policy.check(request.extra_headers)
+        if refusal is not None:
+            # RFC 6455 §10.2 (check the origin), §4.2.2 (refuse with an HTTP error).
+            log.info("refused upgrade peer=%s reason=%s status=403", description, refusal)
+            await stream.send_all(_http_rejection(403))
             return None
         await stream.send_all(ws.send(AcceptConnection()))
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
@@ -1074,6 +1085,7 @@ async def serve_websocket_transport(
     close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
     use_reactor: bool = True,
     ssl_context: ssl.SSLContext | None = None,
+    allow_origins: Sequence[str] | OriginPolicy | None = None,
     task_status: trio.TaskStatus[WebSocketServerInfo] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Accept WebSocket connections on ``ws://host:port{path}`` until cancelled.
@@ -1095,8 +1107,16 @@ async def serve_websocket_transport(
     chain loaded). The TLS handshake counts towards ``handshake_timeout``. TLS
     connections are read by their own task (the reactor reads only plain sockets).
 
+    ``allow_origins``: the browser pages that may connect
+    (:class:`~arcp_trio.transport.origin.OriginPolicy`); others get HTTP 403 and
+    ``handler`` is not called. By default only clients that send no ``Origin``.
+
+    Raises:
+        ValueError: an ``allow_origins`` entry is not an origin (before listening).
+
     Cancellation: stops accepting and cancels every connection's task.
     """
+    policy = OriginPolicy.of(allow_origins)
     tcp_listeners = await trio.open_tcp_listeners(port, host=host)
     try:
         bound = tcp_listeners[0].socket.getsockname()
@@ -1139,6 +1159,7 @@ async def serve_websocket_transport(
                     close_timeout=close_timeout,
                     description=description,
                     reactor=reactor,
+                    allow_origins=policy,
                 )
             if transport is None:
                 log.info("websocket handshake timed out or refused peer=%s", peer)

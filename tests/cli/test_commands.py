@@ -10,11 +10,13 @@ import os
 import pty
 import select
 import signal
+import stat
 import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -24,9 +26,6 @@ from arcp_trio.wire.timestamps import format_timestamp
 from tests.cli.conftest import REPO, run_cli, start_serve, stop
 from tests.interop.tcp_proxy import open_tcp_proxy
 from tests.tls import make_tls
-
-if TYPE_CHECKING:
-    from pathlib import Path
 
 
 def ndjson(text: str) -> list[dict[str, object]]:
@@ -298,6 +297,73 @@ def test_interrupt_detaches_and_the_job_keeps_running(cli_env: dict[str, str]) -
     assert "detached" in err
     wait_status(cli_env, job_id, "running")
     assert run_cli(["cancel", job_id], cli_env).returncode == 0
+
+
+def saved_sessions(env: dict[str, str]) -> dict[str, Any]:
+    path = Path(env["ARCP_STATE_DIR"]) / "sessions.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600  # tickets carry the session's authority
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+def test_submit_saves_a_resume_ticket_without_the_bearer_token(cli_env: dict[str, str]) -> None:
+    job_id = run_cli(["submit", "slow", "--input", '{"seconds": 30}'], cli_env).stdout.strip()
+    entry = saved_sessions(cli_env)["jobs"][job_id]
+    ticket = entry["ticket"]
+    assert ticket["type"] == "arcp_trio.resume_ticket"
+    assert ticket["version"] == 1
+    assert ticket["url"] == cli_env["ARCP_URL"]
+    assert [job["job_id"] for job in ticket["jobs"]] == [job_id]  # still running
+    assert cli_env["ARCP_TOKEN"] not in json.dumps(entry)
+    assert run_cli(["cancel", job_id], cli_env).returncode == 0
+
+
+def test_cancel_twice_and_cancel_after_the_end_say_already_ended(
+    cli_env: dict[str, str],
+) -> None:
+    job_id = run_cli(["submit", "slow", "--input", '{"seconds": 30}'], cli_env).stdout.strip()
+    first = run_cli(["cancel", job_id, "--json"], cli_env)
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout) == {"job_id": job_id, "outcome": "cancelled"}
+    # The resumed session saw the terminal and saved that: nothing left to cancel.
+    assert saved_sessions(cli_env)["jobs"][job_id]["ticket"]["jobs"] == []
+    again = run_cli(["cancel", job_id, "--json"], cli_env)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["outcome"] == "already ended"
+    # A job that ended while nobody was attached: its terminal is in the resume's replay.
+    short = run_cli(["submit", "slow", "--input", '{"seconds": 0.2}'], cli_env).stdout.strip()
+    wait_status(cli_env, short, "success")
+    ended = run_cli(["cancel", short, "--json"], cli_env)
+    assert ended.returncode == 0, ended.stderr
+    assert json.loads(ended.stdout)["outcome"] == "already ended"
+
+
+def test_a_stale_ticket_falls_back_to_a_new_session_and_is_refused(
+    cli_env: dict[str, str],
+) -> None:
+    job_id = run_cli(["submit", "slow", "--input", '{"seconds": 30}'], cli_env).stdout.strip()
+    path = Path(cli_env["ARCP_STATE_DIR"]) / "sessions.json"
+    saved = json.loads(path.read_text())
+    good = saved["jobs"][job_id]["ticket"]["resume_token"]
+    saved["jobs"][job_id]["ticket"]["resume_token"] = "rtk_01JZZZZZZZZZZZZZZZZZZZZZZZ"
+    path.write_text(json.dumps(saved))
+    done = run_cli(["cancel", job_id], cli_env)
+    assert done.returncode == 4, done.stderr  # the new session has no authority (§7.4)
+    assert "PERMISSION_DENIED" in done.stderr
+    saved["jobs"][job_id]["ticket"]["resume_token"] = good
+    path.write_text(json.dumps(saved))  # the refusals left the session resumable
+    assert run_cli(["cancel", job_id], cli_env).returncode == 0
+
+
+def test_cancel_reads_the_state_file_of_earlier_versions(cli_env: dict[str, str]) -> None:
+    job_id = run_cli(["submit", "slow", "--input", '{"seconds": 30}'], cli_env).stdout.strip()
+    path = Path(cli_env["ARCP_STATE_DIR"]) / "sessions.json"
+    ticket = json.loads(path.read_text())["jobs"][job_id]["ticket"]
+    legacy = {key: ticket[key] for key in ("url", "session_id", "resume_token", "last_event_seq")}
+    path.write_text(json.dumps({"jobs": {job_id: {**legacy, "saved_at": "2026-01-01T00:00:00Z"}}}))
+    done = run_cli(["cancel", job_id], cli_env)
+    assert done.returncode == 0, done.stderr
+    wait_status(cli_env, job_id, "cancelled")
 
 
 # == the progress bar on a terminal =========================================================
