@@ -211,3 +211,24 @@ def test_the_runtime_rooms_import_one_way(path: Path) -> None:
                 siblings.append((parts[2], node.lineno))
     for sibling, line in siblings:
         assert sibling in allowed, f"{path}:{line}: runtime/{path.stem} imports {sibling}"
+
+
+#: The CLI's client commands speak to a runtime through the public client only: no
+#: raw frames (the conformance peer), no transport of their own (ARCHITECTURE-REVIEW §4).
+CLI_CLIENT_IMPORTS = {"arcp_trio.client", "arcp_trio.wire", "arcp_trio.transport.base"}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [p for p in sorted((PACKAGE / "cli").glob("*.py")) if p.stem not in ("serve", "conformance")],
+    ids=lambda p: p.stem,
+)
+def test_the_cli_client_commands_use_the_public_client(path: Path) -> None:
+    for module, line in _imports(path):
+        if not module.startswith("arcp_trio.") or module.startswith("arcp_trio.cli"):
+            continue
+        if module == "arcp_trio._version":
+            continue
+        assert any(module == m or module.startswith(m + ".") for m in CLI_CLIENT_IMPORTS), (
+            f"{path}:{line}: cli/{path.stem} imports {module}"
+        )

@@ -15,6 +15,7 @@ Real clock throughout: every test body runs under ``trio.fail_after``.
 
 from __future__ import annotations
 
+import json
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -22,13 +23,14 @@ from urllib.parse import urlsplit
 import pytest
 import trio
 
-from arcp_trio.client import Backoff, open_client
+from arcp_trio.client import Backoff, ResumeTicket, open_client
 from arcp_trio.protocol.session import SPEC_SHAPES_FEATURE
 from arcp_trio.wire.errors import (
     AgentNotAvailable,
     AgentVersionNotAvailable,
     BudgetExhausted,
     Cancelled,
+    PermissionDenied,
     Timeout,
 )
 from tests.interop.tcp_proxy import TcpProxy, open_tcp_proxy
@@ -303,6 +305,31 @@ async def test_ref_budget_exhausted(ref: str) -> None:
             assert (await echo.result()).result == {"echo": 0, "version": "2.0.0"}
 
 
+async def test_ref_resumes_a_ticket_of_a_closed_session(ref: str) -> None:
+    """WIRE.md §5: the reference resumes a session closed with ``session.bye`` when the
+    hello carries its id, latest token and ``last_event_seq``: what a ticket holds."""
+    with trio.fail_after(LIMIT):
+        async with connect(ref) as client:
+            handle = await client.submit("ticker", input={"count": 3, "interval": 0.01})
+            await handle.result()
+        ticket = ResumeTicket.from_json(json.dumps(client.resume_ticket().to_json()))
+        assert ticket.last_event_seq == 4  # three events and the terminal
+        assert ticket.jobs == ()
+        for attempt in range(3):
+            # WIRE.md §18.2: "no resumable session" until it has noticed the close.
+            try:
+                async with connect(ref, resume=ticket) as resumed:
+                    assert resumed.session_id == ticket.session_id
+                    echo = await resumed.submit("echo", input=1)
+                    # The session's numbering goes on from the ticket's position.
+                    assert seqs([e async for e in echo.events()]) == [5]
+                break
+            except PermissionDenied:
+                if attempt == 2:
+                    raise
+                await trio.sleep(0.1)
+
+
 # ======================================================== part 2: our runtime, through a proxy
 
 
@@ -379,3 +406,34 @@ async def test_heartbeat_detects_stalled_link_and_resumes(
             assert client.statistics().reconnects == 1
             assert proxy.accepted == 2
             assert any("task=heartbeat" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_resume_ticket_over_a_real_socket(ours: str) -> None:
+    """Export, close, resume from the ticket's JSON: exactly the events after its
+    ``last_event_seq``, then cancel with the resumed session's authority (§7.4)."""
+    with trio.fail_after(LIMIT):
+        async with connect(ours) as client:
+            ticker = await client.submit("ticker", input={"count": 12, "interval": 0.05})
+            slow = await client.submit("slow", input={"seconds": 30})
+            async for event in ticker.events():
+                if event.body.get("current") == 3:
+                    break
+        ticket = ResumeTicket.from_json(json.dumps(client.resume_ticket().to_json()))
+        assert ticket.job_ids == {ticker.job_id, slow.job_id}
+        await trio.sleep(0.2)  # events go on into the detached session's buffer
+        assert ticket.url == ours
+        # No url: the ticket's.
+        async with open_client(token="tok-alice", resume=ticket, backoff=FAST) as resumed:
+            assert resumed.session_id == ticket.session_id
+            handle = resumed.job(ticker.job_id)
+            events = [e async for e in handle.events()]
+            # The slow job is quiet after its start: the gap is the ticker's alone.
+            assert seqs(events)[0] == ticket.last_event_seq + 1
+            assert consecutive(seqs(events))
+            ticks = currents(events)
+            assert ticks == list(range(ticks[0], 13))
+            assert (await handle.result()).result == {"ticks": 12}
+            with trio.fail_after(3):
+                await resumed.cancel(slow.job_id, reason="from the ticket")
+            with pytest.raises(Cancelled):
+                await resumed.job(slow.job_id).result()
