@@ -146,6 +146,7 @@ ROOMS: dict[str, set[str]] = {
         "config",
         "connection",
         "handlers",
+        "routing",
         "session",
         "state",
         "timers",
@@ -180,8 +181,9 @@ ROOMS: dict[str, set[str]] = {
     "metrics": {"runtime"},
     "otel": set(),
     "recovery": {"session"},
-    # The router knows sessions and the state; never the jobs that publish.
-    "routing": {"session", "shapes", "state"},
+    # The router knows sessions and the state; never the jobs that publish. (The
+    # shared-delivery protocol names a Connection, under TYPE_CHECKING only.)
+    "routing": {"connection", "session", "shapes", "state"},
     # The state interfaces know records and rows, nothing that acts on them.
     "state": {"recovery", "session"},
     "serve": {"runtime"},

@@ -56,7 +56,7 @@ if TYPE_CHECKING:
     from .connection import Connection
     from .jobs import JobRunner
     from .ledger import CredentialLedger
-    from .routing import Router
+    from .routing import Router, SharedDelivery
     from .session import Session
     from .state import JobRegistry, SessionDirectory
 
@@ -89,6 +89,7 @@ class Handlers:
         registry: JobRegistry,
         sessions: SessionDirectory,
         router: Router,
+        shared: SharedDelivery | None = None,
         runner: JobRunner,
         store: Store,
         ledger: CredentialLedger,
@@ -104,6 +105,9 @@ class Handlers:
         self._registry = registry
         self._sessions = sessions
         self._router = router
+        #: Several processes share the sessions and jobs (a cluster): subscriptions
+        #: are made in the shared state, and frames reach sessions through it.
+        self._shared = shared
         self._runner = runner
         self._store = store
         self._ledger = ledger
@@ -155,9 +159,10 @@ class Handlers:
         if feature not in session.features:
             raise InvalidRequest(f"feature {feature!r} not negotiated")
 
-    def _visible_job(self, session: Session, job_id: str) -> JobRecord:
-        """The job, if this session's principal may know it exists (§6.6, §14)."""
-        job = self._registry.get(job_id)
+    async def _visible_job(self, session: Session, job_id: str) -> JobRecord:
+        """The job, wherever it runs, if this session's principal may know it exists
+        (§6.6, §14)."""
+        job = self._registry.get(job_id) or await self._registry.lookup(job_id)
         if job is None or not self._observe_policy(session.principal, job):
             raise JobNotFound(f"job {job_id!r} not found")
         return job
@@ -198,7 +203,7 @@ class Handlers:
         )
         connection.close_after_flush(f"closed by client ({reason or 'no reason'})")
 
-    def _on_list_jobs(self, connection: Connection, envelope: Envelope) -> None:
+    async def _on_list_jobs(self, connection: Connection, envelope: Envelope) -> None:
         """§6.6."""
         session = connection.session
         self._require(session, "list_jobs")
@@ -210,7 +215,7 @@ class Handlers:
                 created_after = parse_timestamp(filter_.created_after)
             except ValueError as exc:
                 raise InvalidRequest.at("$.payload.filter.created_after", str(exc)) from None
-        jobs, next_cursor = self._registry.list_for(
+        jobs, next_cursor = await self._registry.list_for(
             session.principal,
             statuses=frozenset(filter_.status) if filter_ and filter_.status is not None else None,
             agent=filter_.agent if filter_ else None,
@@ -242,7 +247,7 @@ class Handlers:
             print_ = fingerprint(unstructure_payload(submit))
             holder = await self._registry.holder(session.principal, submit.idempotency_key, print_)
             if holder is not None:
-                self._replay_submit(connection, holder, envelope.id)
+                await self._replay_submit(connection, holder, envelope.id)
                 return
         resolved = self._agents.resolve(submit.agent)
         lease = parse_lease(submit.lease_request)
@@ -287,7 +292,7 @@ class Handlers:
         if holder is not job:
             # A racing identical submit got the key first (possible on a networked
             # registry, where the lookup and the claim are two round trips).
-            self._replay_submit(connection, holder, envelope.id)
+            await self._replay_submit(connection, holder, envelope.id)
             return
         job.watchers.add(session.session_id)
         session.submitted.add(job.job_id)
@@ -331,11 +336,19 @@ class Handlers:
             )
         )
 
-    def _replay_submit(self, connection: Connection, job: JobRecord, request_id: str) -> None:
+    async def _replay_submit(
+        self, connection: Connection, job: JobRecord, request_id: str
+    ) -> None:
         """§7.2: the same ``job.accepted`` again (and the terminal of a finished job)."""
         session = connection.session
         self._send_accepted(connection, job, request_id)
-        if job.terminal is not None:
+        if self._shared is not None:
+            if job.job_id not in session.watching:
+                session.subscribed.add(job.job_id)
+                self._sessions.save(session)
+                # Live from now on (or the terminal of a finished job), wherever it runs.
+                await self._shared.watch(connection, job, after=None)
+        elif job.terminal is not None:
             self._router.deliver_terminal(session, job)
         elif session.session_id not in job.watchers:
             job.watchers.add(session.session_id)
@@ -344,13 +357,13 @@ class Handlers:
 
     # -- cancel (§7.4) ----------------------------------------------------------------------
 
-    def _on_cancel(self, connection: Connection, envelope: Envelope) -> None:
+    async def _on_cancel(self, connection: Connection, envelope: Envelope) -> None:
         cancel: JobCancel = envelope.payload
         job_id = envelope.job_id or cancel.job_id
         if job_id is None:
             raise InvalidRequest("job.cancel requires job_id (on the envelope or in the payload)")
         session = connection.session
-        job = self._visible_job(session, job_id)
+        job = await self._visible_job(session, job_id)
         if job.session_id != session.session_id:
             # §7.4/§7.6: "Cancellation is reserved for the session that submitted the job."
             raise PermissionDenied("only the session that submitted the job may cancel it")
@@ -358,7 +371,7 @@ class Handlers:
         why = Terminal(
             status=JobStatus.CANCELLED, completed_at="", code=ErrorCode.CANCELLED, message=reason
         )
-        if job.is_terminal or not self._router.request_cancel(job.job_id, why):
+        if job.is_terminal or not await self._router.cancel(job.job_id, why):
             # Already over (or already ending): nothing to cancel, nothing to say.
             return
         connection.reply(
@@ -374,7 +387,7 @@ class Handlers:
         session = connection.session
         self._require(session, "subscribe")
         request: JobSubscribe = envelope.payload
-        job = self._visible_job(session, request.job_id)
+        job = await self._visible_job(session, request.job_id)
         log.info(
             "subscribe session_id=%s principal=%s job_id=%s owner=%s",
             session.session_id,
@@ -382,7 +395,9 @@ class Handlers:
             job.job_id,
             job.principal,
         )
-        already = session.session_id in job.watchers
+        already = session.session_id in job.watchers or (
+            self._shared is not None and job.job_id in session.watching
+        )
         replay = bool(request.history) and not already
         after = request.from_event_seq or 0
         # The history replayed: what is held of (after, last_event_index] now. What the
@@ -399,6 +414,12 @@ class Handlers:
         )
         connection.reply(MessageType.JOB_SUBSCRIBED, payload, job_id=job.job_id)
         if already:
+            return
+        if self._shared is not None:
+            session.subscribed.add(job.job_id)
+            self._sessions.save(session)
+            # The shared state stamps the history and adds the watcher in one step.
+            await self._shared.watch(connection, job, after=start - 1 if replay else None)
             return
         if replay:
             await self._replay_history(connection, job, start - 1)
@@ -447,6 +468,10 @@ class Handlers:
         if request.job_id in session.subscribed:
             session.subscribed.discard(request.job_id)
             self._sessions.save(session)
+            if self._shared is not None:
+                if request.job_id not in session.submitted:
+                    self._shared.unwatch(session, request.job_id)
+                return
             job = self._registry.get(request.job_id)
             if job is not None and job.job_id not in session.submitted:
                 job.watchers.discard(session.session_id)

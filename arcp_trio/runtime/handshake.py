@@ -60,6 +60,7 @@ if TYPE_CHECKING:
     from .auth import Authenticator
     from .config import RuntimeConfig
     from .handlers import Handlers
+    from .routing import SharedDelivery
     from .state import JobRegistry, SessionDirectory
     from .timers import Timers
 
@@ -86,8 +87,12 @@ class Handshake:
         timers: Timers,
         timestamp: Callable[[], str],
         closing: Callable[[], bool],
+        shared: SharedDelivery | None = None,
     ) -> None:
         self._sessions = sessions
+        #: Sessions shared by several processes (a cluster): they are claimed and fed
+        #: through it, and wait for a resume there (routing.SharedDelivery).
+        self._shared = shared
         self._registry = registry
         self._log = event_log
         self._handlers = handlers
@@ -194,7 +199,7 @@ class Handshake:
             window=ResumeWindow(window_sec=config.resume_window_sec),
             client_name=hello.client.name,
         )
-        self._sessions.add(session)
+        await self._sessions.add(session)
         self.opened += 1
         log.info(
             "session opened session_id=%s principal=%s client=%s",
@@ -202,7 +207,18 @@ class Handshake:
             principal,
             hello.client.name,
         )
-        return self._attach(transport, session, replay=[])
+        return await self._go_live(self._attach(transport, session, replay=[]), after=0)
+
+    async def _go_live(self, connection: Connection, *, after: int) -> Connection:
+        """A shared session is claimed for this process before its welcome goes out,
+        and its frames after ``after`` come from the shared state from then on."""
+        if self._shared is not None:
+            try:
+                await self._shared.attached(connection, after=after)
+            except BaseException:
+                connection.session.connection = None
+                raise
+        return connection
 
     async def _resume_frame(self, transport: Transport, envelope: Envelope) -> Connection:
         """§6.3's ``session.resume`` as the first frame of a connection."""
@@ -270,6 +286,8 @@ class Handshake:
             after,
             session.buffer.last_seq - after,
         )
+        if self._shared is not None:
+            return await self._go_live(self._attach(transport, session, replay=[]), after=after)
         if cached is not None:
             return self._attach(transport, session, replay=[event.frame for event in cached])
         # Part of the gap is only in the store: the connection reads it a page at a
@@ -375,6 +393,10 @@ class Handshake:
             return
         session.connection = None
         session.catching_up = False
+        if self._shared is not None:
+            # The shared state keeps it for its window (any process may resume it).
+            self._shared.detached(connection)
+            return
         # Detached: the store has its events, RAM keeps none (a durable store only).
         session.buffer.set_cache_limit(0)
         now = trio.current_time()

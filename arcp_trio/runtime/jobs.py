@@ -54,7 +54,7 @@ if TYPE_CHECKING:
     from .config import RuntimeConfig
     from .ledger import CredentialLedger
     from .otel import Telemetry
-    from .routing import EventRouter
+    from .routing import Router
     from .state import JobRegistry, SessionDirectory
     from .timers import Timer, Timers
     from .tools import ToolRegistry
@@ -101,7 +101,7 @@ class JobRunner:
         job_nursery: trio.Nursery,
         registry: JobRegistry,
         sessions: SessionDirectory,
-        router: EventRouter,
+        router: Router,
         store: Store,
         ledger: CredentialLedger,
         config: RuntimeConfig,

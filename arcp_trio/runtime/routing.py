@@ -25,13 +25,16 @@ from ..wire.messages import MessageType
 from .shapes import overflow_body
 
 if TYPE_CHECKING:
+    import trio
+
     from ..protocol.eventlog import OverflowNotice
     from ..protocol.session import Dialect
-    from ..store.base import EventLog
+    from ..store.base import EventLog, Store
+    from .connection import Connection
     from .session import Session
-    from .state import SessionDirectory
+    from .state import JobRegistry, SessionDirectory
 
-__all__ = ["EventRouter", "Router"]
+__all__ = ["EventRouter", "Router", "SharedDelivery", "SharedState"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,14 @@ Canceller = Callable[[str, Terminal], bool]
 
 class Router(Protocol):
     """Delivery of a job's events and terminal, and of cancel requests."""
+
+    # Counters for ``Runtime.statistics`` (plain ints, read at scrape time).
+    events_published: int
+    events_delivered: int
+    overflows: int
+    events_evicted: int
+    #: Job-history events RAM holds, across all jobs.
+    history_ram_total: int
 
     def publish(self, job: JobRecord, kind: str, body: Any) -> None:
         """One event (§8.2): into the job's history and every watcher's stream, in
@@ -71,7 +82,17 @@ class Router(Protocol):
 
     def request_cancel(self, job_id: str, why: Terminal) -> bool:
         """Ask whichever process runs the job to end it with ``why``. True: it was
-        running and now ends (a job already ending keeps its first reason)."""
+        running and now ends (a job already ending keeps its first reason). Never
+        waits: a request to another process is sent in the background."""
+        ...
+
+    async def cancel(self, job_id: str, why: Terminal) -> bool:
+        """``request_cancel``, waiting for the answer of the process that runs the
+        job: True when it was running and is now asked to end (§7.4)."""
+        ...
+
+    def set_canceller(self, canceller: Canceller) -> None:
+        """The job runner of this process: where requests for its jobs go."""
         ...
 
     def uncache(self, job: JobRecord) -> None:
@@ -109,6 +130,9 @@ class EventRouter:
         self._canceller = canceller
 
     def request_cancel(self, job_id: str, why: Terminal) -> bool:
+        return self._canceller(job_id, why)
+
+    async def cancel(self, job_id: str, why: Terminal) -> bool:
         return self._canceller(job_id, why)
 
     def publish(self, job: JobRecord, kind: str, body: Any) -> None:
@@ -235,3 +259,60 @@ class EventRouter:
     def uncache(self, job: JobRecord) -> None:
         self.history_ram_total -= job.drop_cached(len(job.history))
         self._history_ram.pop(job.job_id, None)
+
+
+class SharedDelivery(Protocol):
+    """Sessions and jobs shared by several processes (a cluster, docs/cluster.md).
+
+    Events are stamped into a session's stream in the shared state by whichever
+    process runs the job, and reach the session's connection from there, wherever
+    it is attached now; so the handshake and the handlers hand these steps to it
+    instead of stamping into RAM (``Session.deliver`` is not used).
+    """
+
+    async def attached(self, connection: Connection, *, after: int) -> None:
+        """The connection now holds its session (a welcome, or a resume from
+        ``after``): claim it for this process, record its new token, then send it
+        every frame with ``event_seq > after`` and what follows, live. Called
+        before the welcome is sent.
+
+        Raises:
+            ResumeWindowExpired: the session is gone meanwhile.
+        """
+        ...
+
+    def detached(self, connection: Connection) -> None:
+        """The connection ended: its session waits for a resume, on any process."""
+        ...
+
+    async def watch(self, connection: Connection, job: JobRecord, *, after: int | None) -> None:
+        """Subscribe the session to the job (§7.6): its history numbered above
+        ``after`` (None: none), then live, exactly once; a finished job's terminal
+        instead of live."""
+        ...
+
+    def unwatch(self, session: Session, job_id: str) -> None:
+        """The session no longer watches the job (``job.unsubscribe``)."""
+        ...
+
+
+class SharedState(Protocol):
+    """The runtime's state in a store several processes share: ``open_runtime``
+    uses these in place of its own (``arcp_trio.cluster`` builds one on Redis)."""
+
+    registry: JobRegistry
+    sessions: SessionDirectory
+    router: Router
+    delivery: SharedDelivery
+    #: Local persistence and write-behind back-pressure (``Store.wait_writable``).
+    store: Store
+
+    async def run(self, *, task_status: trio.TaskStatus[None]) -> None:
+        """The shared state's own tasks (writers, readers, liveness) until cancelled;
+        started before the runtime serves anything, stopped after its jobs."""
+        ...
+
+    async def drain(self) -> None:
+        """Until every write queued so far has reached the shared store (bounded):
+        the runtime's last step before ``run`` is cancelled."""
+        ...

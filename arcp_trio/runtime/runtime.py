@@ -63,7 +63,7 @@ from .handshake import Handshake
 from .jobs import JobRunner
 from .ledger import CredentialLedger
 from .otel import NoTelemetry, Telemetry
-from .routing import EventRouter
+from .routing import EventRouter, Router, SharedState
 from .state import open_state
 from .timers import Timers
 from .tools import ToolRegistry
@@ -161,6 +161,7 @@ class Runtime(metaclass=NoPublicConstructor):
         job_nursery: trio.Nursery,
         session_area: _Area,
         connection_area: _Area,
+        shared: SharedState | None,
     ) -> None:
         self.agents = agents
         self.tools = tools
@@ -196,16 +197,24 @@ class Runtime(metaclass=NoPublicConstructor):
         self._ended_frames_written = 0
         self._ended_backpressure = 0
         # -- the rooms, wired one way --
-        self._jobs, self._sessions = open_state(store)
         #: Issue, rotate, revoke (§9.8), with the store's revocation ledger (§14).
         self._ledger = CredentialLedger(provisioner, store, session_nursery)
-        self._router = EventRouter(
-            sessions=self._sessions,
-            event_log=store,
-            durable=store.durable,
-            timestamp=timestamp,
-            history_memory_events=config.history_memory_events,
-        )
+        self._router: Router
+        if shared is not None:
+            # State several processes share (a cluster): its registry, directory and
+            # router stand in for this process's own.
+            self._jobs, self._sessions = shared.registry, shared.sessions
+            self._router = shared.router
+        else:
+            self._jobs, self._sessions = open_state(store)
+            self._router = EventRouter(
+                sessions=self._sessions,
+                event_log=store,
+                durable=store.durable,
+                timestamp=timestamp,
+                history_memory_events=config.history_memory_events,
+            )
+        delivery = shared.delivery if shared is not None else None
         self._runner = JobRunner(
             job_nursery=job_nursery,
             registry=self._jobs,
@@ -237,6 +246,7 @@ class Runtime(metaclass=NoPublicConstructor):
             wall_clock=wall_clock,
             timestamp=timestamp,
             closing=closing,
+            shared=delivery,
         )
         self._handshake = Handshake(
             sessions=self._sessions,
@@ -251,6 +261,7 @@ class Runtime(metaclass=NoPublicConstructor):
             timers=self._timers,
             timestamp=timestamp,
             closing=closing,
+            shared=delivery,
         )
 
     def _is_closing(self) -> bool:
@@ -536,6 +547,7 @@ async def open_runtime(
     provisioner: CredentialProvisioner | None = None,
     telemetry: Telemetry | None = None,
     lease_policy: LeasePolicy | None = None,
+    shared: SharedState | None = None,
 ) -> AsyncIterator[Runtime]:
     """Open a runtime that owns its job nursery; shut it down on exit.
 
@@ -561,6 +573,8 @@ async def open_runtime(
             survives the process. A durable store is loaded first: jobs, sessions
             and event buffers come back, and jobs that were running end with a
             retryable ``INTERNAL_ERROR`` ("runtime restarted").
+        shared: state several processes share (``arcp_trio.cluster.open_cluster_runtime``
+            builds one on Redis); its store replaces ``store``.
 
     Raises:
         StoreError: the store's file is corrupt or has a newer schema.
@@ -577,12 +591,19 @@ async def open_runtime(
         auth = AnyOf(BearerAuth(tokens), authenticator)
     else:
         auth = authenticator
+    if shared is not None:
+        if store is not None:
+            raise ValueError("a runtime on shared state keeps its state there: no store")
+        store = shared.store
     store = store or MemoryStore()
     recovered = await store.load()
     try:
         async with open_owner_nursery() as (store_nursery, body):
             # The writer outlives jobs and sessions, so their last words are written.
             await store_nursery.start(store.run)
+            if shared is not None:
+                # Like the store's writer, the shared state's writers outlive the jobs.
+                await store_nursery.start(shared.run)
             # Connections and the timers in areas of their own (``_Area``): shutdown
             # ends them without cancelling the body, and waits for them. The job
             # nursery, which nothing cancels, holds the body.
@@ -605,6 +626,7 @@ async def open_runtime(
                     job_nursery=job_nursery,
                     session_area=session_area,
                     connection_area=connection_area,
+                    shared=shared,
                 )
                 runtime._restore(recovered)
                 session_nursery.start_soon(runtime._runner.janitor)
@@ -617,6 +639,9 @@ async def open_runtime(
                     raise
                 finally:
                     await runtime.shutdown()
+            if shared is not None:
+                with trio.CancelScope(shield=True):
+                    await shared.drain()
             store_nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):

@@ -52,7 +52,13 @@ class JobRegistry(Protocol):
     """Every job the runtime knows, finished ones until retention forgets them."""
 
     def get(self, job_id: str) -> JobRecord | None:
-        """The job, or None. Never waits (the per-event path reads it)."""
+        """The job, if this process holds it (every job it runs). Never waits (the
+        per-event path reads it)."""
+        ...
+
+    async def lookup(self, job_id: str) -> JobRecord | None:
+        """The job wherever it runs: ``get``, or a shared registry's copy of a job
+        another process runs (a snapshot: its status as of the call)."""
         ...
 
     def __len__(self) -> int: ...
@@ -99,7 +105,7 @@ class JobRegistry(Protocol):
         """Retention: drop the job and its idempotency key, here and in the store."""
         ...
 
-    def list_for(
+    async def list_for(
         self,
         principal: str,
         *,
@@ -110,7 +116,8 @@ class JobRegistry(Protocol):
         cursor: str | None,
         visible: Callable[[JobRecord], bool] | None = None,
     ) -> tuple[list[JobRecord], str | None]:
-        """§6.6 listing: one keyset-paginated page (see ``JobTable.list_for``)."""
+        """§6.6 listing: one keyset-paginated page (see ``JobTable.list_for``), of
+        every process's jobs for a shared registry."""
         ...
 
     def restore(self, recovered: Recovered, **history: Any) -> None:
@@ -135,6 +142,9 @@ class MemoryJobRegistry:
 
     def next_ordinal(self) -> int:
         return self._table.next_ordinal()
+
+    async def lookup(self, job_id: str) -> JobRecord | None:
+        return self._table.get(job_id)
 
     def _claim(self, job: JobRecord, fingerprint: str | None) -> JobRecord:
         # No checkpoint between the lookup and the add: atomic across sessions.
@@ -161,7 +171,7 @@ class MemoryJobRegistry:
     def forget(self, job: JobRecord) -> None:
         self._table.remove(job)
 
-    def list_for(
+    async def list_for(
         self,
         principal: str,
         *,
@@ -256,8 +266,9 @@ class SessionDirectory(Protocol):
 
     def __iter__(self) -> Iterator[Session]: ...
 
-    def add(self, session: Session) -> None:
-        """A new session (indexed by id and by its valid tokens)."""
+    async def add(self, session: Session) -> None:
+        """A new session (indexed by id and by its valid tokens); a shared directory
+        has it on record, for every process, by the time this returns."""
         ...
 
     def tokens_changed(self, session: Session) -> None:
@@ -292,7 +303,11 @@ class MemorySessionDirectory:
         self._by_token: dict[str, Session] = {}
         self._indexed: dict[str, set[str]] = {}
 
-    def add(self, session: Session) -> None:
+    async def add(self, session: Session) -> None:
+        self.index(session)
+
+    def index(self, session: Session) -> None:
+        """``add``, in RAM: by id and by its valid tokens."""
         self._by_id[session.session_id] = session
         self.tokens_changed(session)
 
@@ -345,7 +360,7 @@ class MemorySessionDirectory:
             for saved in recovered.sessions
         ]
         for session in sessions:
-            self.add(session)
+            self.index(session)
         return sessions
 
     def __len__(self) -> int:

@@ -34,7 +34,7 @@ def scan(sessions: list[Session], token_hash: str) -> Session | None:
 def test_a_rotated_token_resumes_until_a_welcome_is_answered() -> None:
     directory = SessionDirectory()
     one = session(1)
-    directory.add(one)
+    directory.index(one)
     first = one.rotate_token()
     directory.tokens_changed(one)
     second = one.rotate_token()
@@ -71,7 +71,7 @@ def test_the_index_answers_what_a_scan_would(steps: list[tuple[str, int, int]]) 
     for op, which, pick in steps:
         target = sessions[which]
         if op == "add" and target not in present:
-            directory.add(target)
+            directory.index(target)
             present.append(target)
         elif op == "remove" and target in present:
             directory.remove(target)

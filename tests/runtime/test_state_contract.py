@@ -230,7 +230,7 @@ async def test_listing_is_per_principal_and_paged(open_state_on: Any) -> None:
             seen: list[str] = []
             cursor: str | None = None
             for _ in range(10):
-                page, cursor = jobs.list_for(
+                page, cursor = await jobs.list_for(
                     "alice", statuses=None, agent=None, created_after=None, limit=2, cursor=cursor
                 )
                 seen += [job.job_id for job in page]
@@ -247,8 +247,8 @@ async def test_sessions_are_found_by_id_and_by_every_valid_token(open_state_on: 
         async with open_state_on() as state:
             sessions = state.sessions
             one, two = new_session(1), new_session(2)
-            sessions.add(one)
-            sessions.add(two)
+            await sessions.add(one)
+            await sessions.add(two)
             token = one.rotate_token()
             sessions.tokens_changed(one)
             assert sessions.get("sess_1") is one
@@ -271,7 +271,7 @@ async def test_saved_sessions_come_back_detached_after_a_restart(open_state_on: 
             sessions = state.sessions
             kept, gone = new_session(1), new_session(2)
             for session in (kept, gone):
-                sessions.add(session)
+                await sessions.add(session)
                 session.rotate_token()
             token = kept.rotate_token()
             kept.confirm_token(hash_token(token))
@@ -305,7 +305,7 @@ async def watched(state: State, count: int) -> tuple[JobRecord, list[Session]]:
     await state.jobs.admit(job, fingerprint=None)
     watchers = [new_session(n) for n in range(1, count + 1)]
     for session in watchers:
-        state.sessions.add(session)
+        await state.sessions.add(session)
         job.watchers.add(session.session_id)
     return job, watchers
 
@@ -316,7 +316,7 @@ async def test_published_events_reach_every_watcher_once_in_order(open_state_on:
         async with open_state_on() as state:
             job, watchers = await watched(state, 2)
             late = new_session(3)
-            state.sessions.add(late)
+            await state.sessions.add(late)
             for n in range(5):
                 state.router.publish(job, "log", {"n": n})
                 if n == 2:
@@ -355,7 +355,7 @@ async def test_a_terminal_has_one_frame_id_for_every_watcher_and_later_ones(
             assert {t["type"] for t in terminals} == {MessageType.JOB_RESULT}
             assert terminals[0]["id"] == terminals[1]["id"] == job.terminal_frame_id
             later = new_session(9)
-            state.sessions.add(later)
+            await state.sessions.add(later)
             state.router.deliver_terminal(later, job)
             assert frames(later)[-1]["id"] == job.terminal_frame_id
 
