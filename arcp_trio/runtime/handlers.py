@@ -336,9 +336,7 @@ class Handlers:
             )
         )
 
-    async def _replay_submit(
-        self, connection: Connection, job: JobRecord, request_id: str
-    ) -> None:
+    async def _replay_submit(self, connection: Connection, job: JobRecord, request_id: str) -> None:
         """§7.2: the same ``job.accepted`` again (and the terminal of a finished job)."""
         session = connection.session
         self._send_accepted(connection, job, request_id)
