@@ -46,6 +46,8 @@ ALLOWED: dict[str, set[str]] = {
         "demo_agents",
         "cli",
         "__init__",
+        # ``serve --redis`` (imported only then: the extra may be missing).
+        "cluster",
     },
     # The cluster's Redis implementations of the runtime's state interfaces.
     "cluster": {"wire", "protocol", "store", "runtime", "cluster"},

@@ -37,9 +37,10 @@ from ..runtime.config import LeaseExpiry, RuntimeConfig
 from ..runtime.credentials import InProcessProvisioner
 from ..runtime.runtime import Runtime, open_runtime
 from ..runtime.serve import serve_websocket
-from ..store import MemoryStore, SQLiteStore, Store, StoreError
+from ..store import MemoryStore, SQLiteStore, Store
 from ..transport.origin import OriginPolicy
 from ..transport.stdio import open_stdio_transport
+from ..wire.errors import InternalError
 from . import argtypes
 from .errors import EXIT_NO_SESSION, EXIT_OK
 
@@ -165,6 +166,28 @@ def add_parser(commands: Commands) -> argparse.ArgumentParser:
     storage.add_argument(
         "--memory", action="store_true", help="keep nothing on disk (a restart forgets all)"
     )
+    serve.add_argument(
+        "--redis",
+        default=os.environ.get("ARCP_REDIS_URL") or None,
+        metavar="URL",
+        help="join the cluster on this Redis (redis://host:port/db; env ARCP_REDIS_URL): "
+        "every node on it is one runtime; needs the 'redis' extra (docs/cluster.md)",
+    )
+    serve.add_argument(
+        "--node-id",
+        default=os.environ.get("ARCP_NODE_ID") or None,
+        metavar="NAME",
+        help="this node's name in the cluster (env ARCP_NODE_ID; default: host, pid "
+        "and a random suffix)",
+    )
+    serve.add_argument(
+        "--node-lease-sec",
+        type=float,
+        default=3.0,
+        metavar="SEC",
+        help="with --redis: a node silent this long is dead and its jobs are ended by "
+        "the others (default 3; noticed within this plus 1 s)",
+    )
     serve.add_argument("--log-level", default="INFO", help="stderr log level (default INFO)")
     serve.add_argument(
         "--agents",
@@ -232,17 +255,43 @@ class ServePlan:
     ssl_context: ssl.SSLContext | None
     authenticator: Authenticator | None
     allow_origins: OriginPolicy | None = None
+    cluster: Any = None
 
 
 def prepare(parser: argparse.ArgumentParser, args: argparse.Namespace) -> ServePlan:
     """Everything that can be checked before Trio starts; ``parser.error`` (exit 2)
     on anything wrong."""
     return ServePlan(
+        cluster=cluster_settings(parser, args),
         registry=load_agents(parser, args.agents) if args.agents else demo_registry(),
         ssl_context=server_ssl_context(parser, args),
         authenticator=jwt_authenticator(parser, args),
         allow_origins=origin_policy(parser, args),
     )
+
+
+def cluster_settings(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Any:
+    """``--redis``/``--node-id`` as ``ClusterSettings`` (None: a single process)."""
+    if not args.redis:
+        if args.node_id:
+            parser.error("serve: --node-id needs --redis (or ARCP_REDIS_URL)")
+        return None
+    if args.db or args.memory:
+        parser.error("serve: --redis keeps the state in Redis: not with --db or --memory")
+    if args.demo_credentials:
+        parser.error("serve: --demo-credentials needs the SQLite ledger, not --redis")
+    try:
+        from ..cluster.shared import ClusterSettings
+    except ImportError:
+        parser.error("serve: --redis needs the 'redis' extra: pip install 'arcp-trio[redis]'")
+    options: dict[str, Any] = {"lease_sec": args.node_lease_sec}
+    if args.node_id:
+        options["node_id"] = args.node_id
+    options["janitor_sec"] = min(1.0, args.node_lease_sec / 3)
+    try:
+        return ClusterSettings(**options)
+    except ValueError as exc:
+        parser.error(f"serve: {exc}")
 
 
 def origin_policy(parser: argparse.ArgumentParser, args: argparse.Namespace) -> OriginPolicy | None:
@@ -350,7 +399,8 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     plan = prepare(parser, args)
     try:
         trio.run(serve, args, plan)
-    except StoreError as exc:
+    except InternalError as exc:
+        # A store that cannot open, or a Redis that does not answer (--redis).
         print(f"arcp-trio: refusing to start: {exc.message}", file=sys.stderr)
         return EXIT_NO_SESSION
     return EXIT_OK
@@ -381,6 +431,9 @@ def accepted_tokens(args: argparse.Namespace, plan: ServePlan) -> dict[str, str]
 
 async def serve(args: argparse.Namespace, plan: ServePlan) -> None:
     """Run the runtime and its listener until a signal or ``--max-seconds``."""
+    if plan.cluster is not None:
+        await serve_cluster_node(args, plan)
+        return
     store = open_store(args)
     provisioner = InProcessProvisioner() if args.demo_credentials else None
     if provisioner is not None and not store.durable:
@@ -393,6 +446,26 @@ async def serve(args: argparse.Namespace, plan: ServePlan) -> None:
             config=runtime_config(args),
             store=store,
             provisioner=provisioner,
+        ) as runtime,
+        trio.open_nursery() as nursery,
+    ):
+        await listen(args, plan, runtime, nursery)
+        nursery.start_soon(stop_on_signal, runtime, nursery.cancel_scope, args.max_seconds)
+
+
+async def serve_cluster_node(args: argparse.Namespace, plan: ServePlan) -> None:
+    """``serve --redis``: a node of the cluster on that Redis (docs/cluster.md)."""
+    from ..cluster.runtime import open_cluster_runtime
+
+    log.info("joining the cluster redis=%s node=%s", args.redis, plan.cluster.node_id)
+    async with (
+        open_cluster_runtime(
+            args.redis,
+            settings=plan.cluster,
+            agents=plan.registry,
+            tokens=accepted_tokens(args, plan),
+            authenticator=plan.authenticator,
+            config=runtime_config(args),
         ) as runtime,
         trio.open_nursery() as nursery,
     ):

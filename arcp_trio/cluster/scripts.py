@@ -42,6 +42,7 @@ __all__ = [
     "emit",
     "finish",
     "open_session",
+    "save_row",
     "take_over",
 ]
 
@@ -120,8 +121,10 @@ class Admitted:
 
 _ADMIT = LuaScript(
     """
--- KEYS: idempotency key ('' for none), job hash, principal's job index, node's jobs
--- ARGV: job_id, fingerprint, owner node, principal, ordinal score, row (JSON)
+-- KEYS: idempotency key ('' for none), job hash, principal's job index, node's jobs,
+--       job watchers
+-- ARGV: job_id, fingerprint, owner node, principal, ordinal score, row (JSON),
+--       submitting session ('' for none)
 if KEYS[1] ~= '' then
   local held = redis.call('HMGET', KEYS[1], 'job', 'fingerprint')
   if held[1] then return {0, held[1], held[2]} end
@@ -131,6 +134,7 @@ redis.call('HSET', KEYS[2], 'owner', ARGV[3], 'epoch', 1, 'n', 0, 'status', 'run
            'principal', ARGV[4], 'row', ARGV[6], 'cancel', '')
 redis.call('ZADD', KEYS[3], ARGV[5], ARGV[1])
 redis.call('SADD', KEYS[4], ARGV[1])
+if ARGV[7] ~= '' then redis.call('SADD', KEYS[5], ARGV[7]) end
 if KEYS[1] ~= '' then
   redis.call('HSET', KEYS[1], 'job', ARGV[1], 'fingerprint', ARGV[2])
 end
@@ -149,9 +153,11 @@ async def admit(
     row: str,
     idempotency_key: str | None = None,
     fingerprint: str = "",
+    watcher: str = "",
 ) -> Admitted:
     """Create the job (owned by ``owner`` at epoch 1) and claim the idempotency key,
-    in one step: of concurrent admits with one key on any nodes, one creates."""
+    in one step: of concurrent admits with one key on any nodes, one creates. The
+    submitting session (``watcher``) watches it from its first event (§7.1)."""
     reply = await _ADMIT(
         redis,
         [
@@ -159,8 +165,9 @@ async def admit(
             keys.job(job_id),
             keys.principal_jobs(principal),
             keys.node_jobs(owner),
+            keys.job_watchers(job_id),
         ],
-        [job_id, fingerprint, owner, principal, ordinal, row],
+        [job_id, fingerprint, owner, principal, ordinal, row, watcher],
     )
     created, held_job, held_fingerprint = reply
     return Admitted(
@@ -318,7 +325,19 @@ if after < last then
 end
 if redis.call('EXISTS', skey) == 0 then return {-2, after} end
 redis.call('HDEL', skey, cursor)
-redis.call('SADD', KEYS[3], ARGV[2])
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'running' then
+  redis.call('SADD', KEYS[3], ARGV[2])
+  return {after, 1}
+end
+-- Finished: its kept terminal, in the session's dialect, instead of live (§7.6).
+local st = session_state(ARGV[2])
+local dialect = redis.call('HGET', skey, 'dialect')
+local kept = redis.call('HMGET', KEYS[1], 'terminal:' .. (dialect or 'spec'), 'terminal:spec',
+                        'terminal_frame')
+local shape = cjson.decode(kept[1] or kept[2])
+stamp(st, shape[1], kept[3], ARGV[1], last, '', shape[2])
+save_state(st)
 return {after, 1}
 """
 )
@@ -336,7 +355,8 @@ async def attach_watcher(
     """Stamp the job's history past ``after`` into the session's stream, a page per
     call; the call that reaches the job's last event also adds the session as a
     watcher, in the same step: every event reaches the session exactly once, as
-    history or live (§7.6), with no checkpoint in between.
+    history or live (§7.6), with no checkpoint in between. For a finished job that
+    call stamps the job's terminal (in the session's dialect) instead.
 
     Raises:
         LookupError: no such job, or no such session.
@@ -514,3 +534,20 @@ async def deliver(
     if not seq:
         raise LookupError(f"no session {session_id}")
     return seq
+
+
+_SAVE_ROW = LuaScript(
+    """
+-- KEYS: job hash; ARGV: node, epoch, row (JSON)
+local f = redis.call('HMGET', KEYS[1], 'owner', 'epoch')
+if f[1] ~= ARGV[1] or f[2] ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], 'row', ARGV[3])
+return 1
+"""
+)
+
+
+async def save_row(redis: Redis, job_id: str, *, node: str, epoch: int, row: str) -> bool:
+    """Replace the job's descriptor (a transition, its terminal), fenced like
+    ``emit``: False when the job is not ``node``'s at ``epoch`` (nothing written)."""
+    return bool(await _SAVE_ROW(redis, [keys.job(job_id)], [node, epoch, row]))

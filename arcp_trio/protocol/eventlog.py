@@ -124,6 +124,20 @@ class EventBuffer:
         if seq - self._first_held >= self.max_events:
             self._evict(seq - self._first_held + 1 - self.max_events)
 
+    def skip_to(self, seq: int) -> None:
+        """The stream this buffer mirrors (a cluster session's, in Redis) dropped
+        its frames through ``seq`` at its cap: they count as evicted (§6.5), and
+        stamping goes on after them."""
+        if seq <= self._last_seq:
+            return
+        gone_from = max(self._first_held, self.acked_through + 1, self._last_seq + 1)
+        if seq >= gone_from:
+            self.evicted_total += seq - gone_from + 1
+            self.evicted_through = seq
+        self._first_held = max(self._first_held, seq + 1)
+        self._last_seq = seq
+        self._drop_cached_through(seq)
+
     def _mutable(self) -> deque[BufferedEvent]:
         if self._events is _NO_EVENTS:
             self._events = deque()

@@ -300,12 +300,22 @@ class SharedState(Protocol):
     """The runtime's state in a store several processes share: ``open_runtime``
     uses these in place of its own (``arcp_trio.cluster`` builds one on Redis)."""
 
-    registry: JobRegistry
-    sessions: SessionDirectory
-    router: Router
-    delivery: SharedDelivery
-    #: Local persistence and write-behind back-pressure (``Store.wait_writable``).
-    store: Store
+    @property
+    def registry(self) -> JobRegistry: ...
+
+    @property
+    def sessions(self) -> SessionDirectory: ...
+
+    @property
+    def router(self) -> Router: ...
+
+    @property
+    def delivery(self) -> SharedDelivery: ...
+
+    @property
+    def store(self) -> Store:
+        """Local persistence, and the write-behind's back-pressure (``wait_writable``)."""
+        ...
 
     async def run(self, *, task_status: trio.TaskStatus[None]) -> None:
         """The shared state's own tasks (writers, readers, liveness) until cancelled;
