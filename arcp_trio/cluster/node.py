@@ -71,6 +71,9 @@ class NodeLease:
                 renewed = await self.redis.set(alive, "1", px=ttl_ms, condition=PureToken.XX)
                 if not renewed:
                     await self.redis.set(alive, "1", px=ttl_ms)
+                    # A janitor may have struck a node it saw dead off the list: join
+                    # again, so that this node's next death is noticed too.
+                    await self.redis.sadd(keys.nodes(), [self.node_id])
         except (RedisError, OSError, trio.TooSlowError) as exc:
             if self.held:
                 log.warning("node lease renewal failed node=%s: %s", self.node_id, unavailable(exc))

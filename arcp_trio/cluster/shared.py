@@ -923,6 +923,9 @@ class ClusterState:
                     await self.reap()
             except _REDIS_ERRORS as exc:
                 log.warning("janitor pass failed node=%s: %s", self.node_id, exc)
+            except Exception:
+                # A bug in one pass must not end the node: the next pass tries again.
+                log.exception("janitor pass failed node=%s", self.node_id)
 
     async def reap(self) -> int:
         """One janitor pass; returns how many jobs it ended."""
@@ -974,8 +977,8 @@ class ClusterState:
         )
         job = await self.load_job(job_id)
         if job is not None:
-            job.finish(terminal)
-            job.terminal_frame_id = frame_id
+            # (Its status in Redis is final already: no transition to check here.)
+            job.status, job.terminal, job.terminal_frame_id = terminal.status, terminal, frame_id
             await scripts.save_row(
                 self.redis, job_id, node=self.node_id, epoch=epoch, row=dumps(job_to_row(job))
             )
