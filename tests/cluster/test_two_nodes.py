@@ -213,3 +213,28 @@ async def test_one_idempotency_key_on_two_nodes_at_once_makes_one_job(
                 terminal = (await peer.recv_terminal(accepted[0]["job_id"]))[-1]
                 assert terminal["type"] == "job.result"
             nursery.cancel_scope.cancel()
+
+
+async def test_while_redis_does_not_answer_new_work_is_refused_retryably_and_then_resumes(
+    redis_server: RedisServer,
+) -> None:
+    """docs/cluster.md, "When Redis is unreachable": a submit gets a retryable
+    ``INTERNAL_ERROR`` (never a silent drop), the connection stays, and once Redis
+    answers again the same connection's next submit runs."""
+    with trio.fail_after(60):
+        async with nodes(redis_server, count=1) as (a,), trio.open_nursery() as nursery:
+            peer, _ = await connect(a, nursery)
+            await peer.hello(features=SPEC)
+            redis_server.pause()
+            try:
+                refused = await peer.submit("echo@1.0.0", {"n": 1})
+            finally:
+                redis_server.resume()
+            assert refused["type"] == "session.error"
+            assert refused["payload"]["code"] == "INTERNAL_ERROR"
+            assert refused["payload"]["retryable"] is True
+            accepted = await peer.submit("echo@1.0.0", {"n": 2})
+            assert accepted["type"] == "job.accepted"
+            terminal = (await peer.recv_terminal(accepted["job_id"]))[-1]
+            assert terminal["payload"]["result"]["echo"] == {"n": 2}
+            nursery.cancel_scope.cancel()
