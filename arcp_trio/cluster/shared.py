@@ -62,7 +62,7 @@ if TYPE_CHECKING:
 
     from ..runtime.config import RuntimeConfig
     from ..runtime.connection import Connection
-    from ..runtime.routing import Canceller
+    from ..runtime.routing import Canceller, Restarter
     from .redis import Redis
 
 __all__ = ["ClusterSettings", "ClusterState", "default_node_id"]
@@ -247,6 +247,10 @@ class RedisJobRegistry(MemoryJobRegistry):
     def save(self, job: JobRecord) -> None:
         if self.get(job.job_id) is job:
             self._state.save_job(job)
+
+    def adopt(self, job: JobRecord) -> None:
+        """A job this node now runs (taken over from a dead node to run again)."""
+        self._table.add(job)
 
     def finished(self, job: JobRecord) -> None:
         """Its terminal is in Redis: RAM keeps it among the last few finished."""
@@ -615,6 +619,14 @@ class ClusterDelivery:
     def unwatch(self, session: Session, job_id: str) -> None:
         self._state.spawn(self._state.remove_watcher, job_id, session.session_id)
 
+    async def keep_for_restart(self, job: JobRecord, agent: str, input_: Any) -> None:
+        try:
+            await self._state.redis.hset(
+                keys.job(job.job_id), {"restart": dumps({"agent": agent, "input": input_})}
+            )
+        except _REDIS_ERRORS as exc:
+            raise unavailable(exc) from None
+
 
 class ClusterState:
     """``SharedState`` on Redis for one node (``open_cluster_runtime`` builds it)."""
@@ -650,6 +662,7 @@ class ClusterState:
         self.router = RedisRouter(self, timestamp=timestamp)
         self.store = ClusterStore(self)
         self._rows = _WriteBehind(settings.retry_sec)
+        self._restart: Restarter = lambda _job, _agent, _input: False
         self._nursery: trio.Nursery | None = None
         self._tasks = 0
         self._idle = trio.Event()
@@ -670,6 +683,9 @@ class ClusterState:
             nursery.start_soon(self._janitor)
             log.info("cluster node joined node=%s", self.node_id)
             task_status.started()
+
+    def bind(self, restart: Restarter) -> None:
+        self._restart = restart
 
     def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         """Run ``fn(*args)`` in the background, retrying while Redis refuses (a write
@@ -948,6 +964,9 @@ class ClusterState:
                 )
                 if owner != self.node_id:
                     continue  # another node's janitor won it
+                ended += 1
+                if not orphan.cancel_requested and await self._rerun(orphan.job_id, epoch, dead):
+                    continue
                 if orphan.cancel_requested:
                     terminal = Terminal(
                         status=JobStatus.CANCELLED,
@@ -961,8 +980,35 @@ class ClusterState:
                         completed_at=self._now(),
                     )
                 await self._end_orphan(orphan.job_id, epoch, terminal)
-                ended += 1
         return ended
+
+    async def _rerun(self, job_id: str, epoch: int, dead: str) -> bool:
+        """A restartable agent's job of a dead node: run again here, from scratch
+        (at-least-once). Its watchers are told first, with a ``status`` event, that
+        what follows starts over; its events number on after the last one written."""
+        restart = await self.redis.hget(keys.job(job_id), "restart")
+        if restart is None:
+            return False
+        job = await self.load_job(job_id)
+        if job is None or job.is_terminal:
+            return False
+        try:
+            spec = json.loads(str(restart))
+            agent, input_ = str(spec["agent"]), spec["input"]
+        except (ValueError, KeyError, TypeError):
+            log.warning("unreadable restart record job=%s", job_id)
+            return False
+        job.status = JobStatus.PENDING  # (the runner moves it to running)
+        self.registry.adopt(job)
+        self.router.owned(job_id, epoch=epoch)
+        if not self._restart(job, agent, input_):
+            self.registry.forget(job)
+            self.router.fenced(job_id)
+            return False
+        self.router.publish(job, "status", {"phase": "restarted", "reason": f"node {dead} stopped"})
+        self.jobs_taken_over += 1
+        log.warning("job of a dead node restarted here job_id=%s agent=%s", job_id, agent)
+        return True
 
     async def _end_orphan(self, job_id: str, epoch: int, terminal: Terminal) -> None:
         frame_id = new_ulid()

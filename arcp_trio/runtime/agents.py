@@ -24,6 +24,9 @@ class ResolvedAgent:
     name: str
     version: str | None
     function: Agent
+    #: May be run again from scratch on another node of a cluster when the node
+    #: running it dies (at-least-once: its watchers may see events twice).
+    restartable: bool = False
 
     @property
     def ref(self) -> str:
@@ -42,20 +45,32 @@ class AgentRegistry:
 
     def __init__(self) -> None:
         self._agents: dict[str, _Entry] = {}
+        self._restartable: set[tuple[str, str | None]] = set()
 
     def register(
-        self, name: str, function: Agent, *, version: str | None = None, default: bool = False
+        self,
+        name: str,
+        function: Agent,
+        *,
+        version: str | None = None,
+        default: bool = False,
+        restartable: bool = False,
     ) -> None:
         """Register ``function`` as ``name`` (or ``name@version``).
 
         The first version registered is the default unless ``default=True`` picks
-        another.
+        another. ``restartable``: on a cluster, a job of this agent whose node dies is
+        run again from scratch on a surviving node instead of ending with
+        ``INTERNAL_ERROR`` (at-least-once; docs/cluster.md). Only for agents whose
+        work may safely be done twice.
 
         Raises:
             ValueError: a malformed name/version or a duplicate registration.
         """
         parse_agent_ref(name if version is None else f"{name}@{version}")
         entry = self._agents.setdefault(name, _Entry())
+        if restartable:
+            self._restartable.add((name, version))
         if version is None:
             if entry.unversioned is not None:
                 raise ValueError(f"agent {name!r} is already registered")
@@ -68,12 +83,17 @@ class AgentRegistry:
             entry.default = version
 
     def agent(
-        self, name: str, *, version: str | None = None, default: bool = False
+        self,
+        name: str,
+        *,
+        version: str | None = None,
+        default: bool = False,
+        restartable: bool = False,
     ) -> Callable[[Agent], Agent]:
         """Decorator form of ``register``."""
 
         def decorate(function: Agent) -> Agent:
-            self.register(name, function, version=version, default=default)
+            self.register(name, function, version=version, default=default, restartable=restartable)
             return function
 
         return decorate
@@ -91,16 +111,22 @@ class AgentRegistry:
             raise AgentNotAvailable(f"agent {name!r} is not registered")
         if version is None:
             if entry.default is not None:
-                return ResolvedAgent(name, entry.default, entry.versions[entry.default])
+                version = entry.default
+                return ResolvedAgent(
+                    name, version, entry.versions[version], self._restarts(name, version)
+                )
             assert entry.unversioned is not None
-            return ResolvedAgent(name, None, entry.unversioned)
+            return ResolvedAgent(name, None, entry.unversioned, self._restarts(name, None))
         function = entry.versions.get(version)
         if function is None:
             available = ", ".join(entry.versions) or "none"
             raise AgentVersionNotAvailable(
                 f"agent {name!r} has no version {version!r} (available: {available})"
             )
-        return ResolvedAgent(name, version, function)
+        return ResolvedAgent(name, version, function, self._restarts(name, version))
+
+    def _restarts(self, name: str, version: str | None) -> bool:
+        return (name, version) in self._restartable
 
     def inventory(self) -> list[AgentInfo]:
         """§6.2 agent inventory with versions and defaults."""

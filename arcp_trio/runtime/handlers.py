@@ -298,6 +298,8 @@ class Handlers:
         session.submitted.add(job.job_id)
         self._sessions.save(session)
         try:
+            if self._shared is not None and resolved.restartable:
+                await self._shared.keep_for_restart(job, resolved.ref, submit.input)
             if CREDENTIALS_FEATURE in session.features and CREDENTIALS_FEATURE in self._features:
                 await self._ledger.issue(job)
             # Nothing is acknowledged that was not persisted: the job, its idempotency

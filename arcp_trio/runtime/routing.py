@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 
 #: ``(job_id, why) -> whether the job was running and is now ending``.
 Canceller = Callable[[str, Terminal], bool]
+#: ``(job, agent ref, input) -> whether it was started`` (a restartable agent's job,
+#: run again here after the process that ran it died).
+Restarter = Callable[[JobRecord, str, Any], bool]
 
 
 class Router(Protocol):
@@ -295,6 +298,11 @@ class SharedDelivery(Protocol):
         """The session no longer watches the job (``job.unsubscribe``)."""
         ...
 
+    async def keep_for_restart(self, job: JobRecord, agent: str, input_: Any) -> None:
+        """Record what another process needs to run the job again from scratch if
+        this one dies (its agent is ``restartable``). Before its accept is sent."""
+        ...
+
 
 class SharedState(Protocol):
     """The runtime's state in a store several processes share: ``open_runtime``
@@ -320,6 +328,10 @@ class SharedState(Protocol):
     async def run(self, *, task_status: trio.TaskStatus[None]) -> None:
         """The shared state's own tasks (writers, readers, liveness) until cancelled;
         started before the runtime serves anything, stopped after its jobs."""
+        ...
+
+    def bind(self, restart: Restarter) -> None:
+        """How this process runs a job again that another, dead, process ran."""
         ...
 
     async def drain(self) -> None:

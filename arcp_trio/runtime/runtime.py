@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
@@ -49,6 +49,7 @@ from .._util import NoPublicConstructor
 from ..protocol.job import JobStatus
 from ..protocol.session import ALL_FEATURES, CREDENTIALS_FEATURE
 from ..store.base import MemoryStore, Recovered, Store
+from ..wire.errors import ARCPError
 from ..wire.messages import MessageType, SessionClosed
 from ..wire.timestamps import (
     WallClock,
@@ -60,7 +61,7 @@ from .auth import AnyOf, Authenticator, BearerAuth
 from .config import RuntimeConfig
 from .handlers import Handlers, LeasePolicy, ObservePolicy, same_principal
 from .handshake import Handshake
-from .jobs import JobRunner
+from .jobs import JobRunner, LiveJob
 from .ledger import CredentialLedger
 from .otel import NoTelemetry, Telemetry
 from .routing import EventRouter, Router, SharedState
@@ -263,6 +264,18 @@ class Runtime(metaclass=NoPublicConstructor):
             closing=closing,
             shared=delivery,
         )
+        if shared is not None:
+            shared.bind(self._restart)
+
+    def _restart(self, job: JobRecord, agent: str, input_: Any) -> bool:
+        """Run a restartable agent's job again here, from scratch: its process died
+        (the shared state took the job over for this one)."""
+        try:
+            resolved = self.agents.resolve(agent)
+        except ARCPError:
+            return False  # not hosted here: the caller ends the job instead
+        self._runner.start(job, LiveJob(), resolved.function, input_)
+        return True
 
     def _is_closing(self) -> bool:
         return self._closing

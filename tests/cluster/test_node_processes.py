@@ -67,7 +67,7 @@ class Node:
 
 
 @asynccontextmanager
-async def node(redis: RedisServer, node_id: str) -> AsyncIterator[Node]:
+async def node(redis: RedisServer, node_id: str, *extra: str) -> AsyncIterator[Node]:
     process = await trio.lowlevel.open_process(
         [
             sys.executable,
@@ -88,6 +88,7 @@ async def node(redis: RedisServer, node_id: str) -> AsyncIterator[Node]:
             "WARNING",
             "--shutdown-grace-sec",
             "0",
+            *extra,
         ],
         stdout=subprocess.PIPE,
     )
@@ -209,3 +210,43 @@ async def test_a_cancel_pending_when_the_owner_died_ends_the_job_cancelled(
             terminal = await terminal_of(peer, job_id, timeout=15)
             assert terminal["payload"]["code"] == "CANCELLED"
         a.wake()
+
+
+RESTARTABLE = ("--agents", "tests.cluster.restartable:registry")
+
+
+async def test_a_restartable_agents_job_runs_again_on_a_survivor(
+    redis_server: RedisServer,
+) -> None:
+    """Issue 16: an agent registered ``restartable`` is re-run from scratch on a
+    surviving node (at-least-once): its watchers are told it restarted, see its
+    events from the start again, then its result."""
+    async with (
+        node(redis_server, "a", *RESTARTABLE) as a,
+        node(redis_server, "b", *RESTARTABLE) as b,
+    ):
+        submitter = await a.peer()
+        accepted = await submitter.submit("counter@1.0.0", {"count": 30, "interval": 0.05})
+        job_id = accepted["job_id"]
+        watcher = await b.peer()
+        await watcher.send("job.subscribe", {"job_id": job_id, "history": True})
+        await watcher.recv_type("job.subscribed")
+        for _ in range(3):
+            await watcher.recv_type("job.event")
+        a.kill()
+        frames = await watcher.recv_until(
+            lambda f: f["type"] in ("job.result", "job.error") and f.get("job_id") == job_id,
+            timeout=20,
+        )
+        kinds = [
+            (f["payload"].get("kind"), f["payload"].get("body", {}))
+            for f in frames
+            if f["type"] == "job.event"
+        ]
+        restarted = [i for i, (kind, body) in enumerate(kinds) if body.get("phase") == "restarted"]
+        assert len(restarted) == 1, kinds
+        again = [body["current"] for kind, body in kinds[restarted[0] :] if kind == "progress"]
+        assert again == list(range(1, 31))  # from scratch, to the end
+        result = frames[-1]
+        assert result["type"] == "job.result", result
+        assert result["payload"]["result"]["finished_by"] == b.process.pid
