@@ -115,11 +115,16 @@ async def node(redis: RedisServer, node_id: str, *extra: str) -> AsyncIterator[N
                 await process.wait()
 
 
-async def running_job(owner: Node, watcher_node: Node) -> tuple[Peer, Peer, str]:
-    """A long ticker on ``owner``; a session on ``watcher_node`` subscribed to it and
-    seeing its events live."""
+async def running_job(
+    owner: Node,
+    watcher_node: Node,
+    agent: str = "ticker@1.0.0",
+    input_: dict[str, Any] | None = None,
+) -> tuple[Peer, Peer, str]:
+    """A long job (a ticker by default) on ``owner``; a session on ``watcher_node``
+    subscribed to it and seeing its events live."""
     submitter = await owner.peer()
-    accepted = await submitter.submit("ticker@1.0.0", {"count": 10_000, "interval": 0.01})
+    accepted = await submitter.submit(agent, input_ or {"count": 10_000, "interval": 0.01})
     job_id = accepted["job_id"]
     watcher = await watcher_node.peer()
     await watcher.send("job.subscribe", {"job_id": job_id, "history": True})
@@ -129,12 +134,16 @@ async def running_job(owner: Node, watcher_node: Node) -> tuple[Peer, Peer, str]
     return submitter, watcher, job_id
 
 
-async def terminal_of(peer: Peer, job_id: str, timeout: float) -> dict[str, Any]:
-    frames = await peer.recv_until(
+async def until_terminal(peer: Peer, job_id: str, timeout: float) -> list[dict[str, Any]]:
+    """Every frame up to and including ``job_id``'s terminal."""
+    return await peer.recv_until(
         lambda f: f["type"] in ("job.result", "job.error") and f.get("job_id") == job_id,
         timeout,
     )
-    return frames[-1]
+
+
+async def terminal_of(peer: Peer, job_id: str, timeout: float) -> dict[str, Any]:
+    return (await until_terminal(peer, job_id, timeout))[-1]
 
 
 async def test_a_killed_nodes_running_job_ends_for_every_watcher_within_the_bound(
@@ -225,19 +234,11 @@ async def test_a_restartable_agents_job_runs_again_on_a_survivor(
         node(redis_server, "a", *RESTARTABLE) as a,
         node(redis_server, "b", *RESTARTABLE) as b,
     ):
-        submitter = await a.peer()
-        accepted = await submitter.submit("counter@1.0.0", {"count": 30, "interval": 0.05})
-        job_id = accepted["job_id"]
-        watcher = await b.peer()
-        await watcher.send("job.subscribe", {"job_id": job_id, "history": True})
-        await watcher.recv_type("job.subscribed")
-        for _ in range(3):
-            await watcher.recv_type("job.event")
-        a.kill()
-        frames = await watcher.recv_until(
-            lambda f: f["type"] in ("job.result", "job.error") and f.get("job_id") == job_id,
-            timeout=20,
+        _submitter, watcher, job_id = await running_job(
+            a, b, "counter@1.0.0", {"count": 30, "interval": 0.05}
         )
+        a.kill()
+        frames = await until_terminal(watcher, job_id, timeout=20)
         kinds = [
             (f["payload"].get("kind"), f["payload"].get("body", {}))
             for f in frames

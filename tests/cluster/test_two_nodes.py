@@ -48,6 +48,23 @@ async def nodes(redis: RedisServer, count: int = 2, **config: Any) -> AsyncItera
         yield runtimes
 
 
+async def move_to(runtime: Runtime, nursery: trio.Nursery, peer: Peer, client_side: Any) -> Peer:
+    """The peer's connection drops; it resumes its session on ``runtime`` from the
+    last seq it saw (as a client behind a load balancer would)."""
+    seen, session_id, token = peer.last_event_seq, peer.session_id, peer.resume_token
+    await client_side.aclose()
+    await trio.sleep(0.1)  # events go on while nobody is attached
+    again, _ = await connect(runtime, nursery)
+    again.last_event_seq = seen
+    welcome = await again.hello(
+        features=SPEC,
+        resume={"session_id": session_id, "resume_token": token, "last_event_seq": seen},
+    )
+    assert welcome["type"] == "session.welcome", welcome
+    assert welcome["session_id"] == session_id
+    return again
+
+
 async def test_a_job_on_one_node_runs_and_its_events_reach_its_session(
     redis_server: RedisServer,
 ) -> None:
@@ -75,17 +92,7 @@ async def test_a_session_resumes_on_the_other_node_with_exactly_the_gap(
             job_id = accepted["job_id"]
             for _ in range(5):
                 await peer.recv_type("job.event")
-            seen, session_id, token = peer.last_event_seq, peer.session_id, peer.resume_token
-            await client_side.aclose()
-            await trio.sleep(0.1)  # events go on while nobody is attached
-            again, _ = await connect(b, nursery)
-            again.last_event_seq = seen
-            welcome = await again.hello(
-                features=SPEC,
-                resume={"session_id": session_id, "resume_token": token, "last_event_seq": seen},
-            )
-            assert welcome["type"] == "session.welcome", welcome
-            assert welcome["session_id"] == session_id
+            again = await move_to(b, nursery, peer, client_side)
             frames = await again.recv_terminal(job_id)
             currents = [
                 f["payload"]["body"]["current"]
@@ -168,14 +175,7 @@ async def test_cancel_from_the_submitting_session_reaches_the_owner_node(
             accepted = await peer.submit("slow@1.0.0", {"seconds": 30})
             job_id = accepted["job_id"]
             await peer.recv_type("job.event")
-            seen, session_id, token = peer.last_event_seq, peer.session_id, peer.resume_token
-            await client_side.aclose()
-            again, _ = await connect(b, nursery)
-            again.last_event_seq = seen
-            await again.hello(
-                features=SPEC,
-                resume={"session_id": session_id, "resume_token": token, "last_event_seq": seen},
-            )
+            again = await move_to(b, nursery, peer, client_side)
             await again.send("job.cancel", {"job_id": job_id, "reason": "enough"}, job_id=job_id)
             cancelled = await again.recv_type("job.cancelled")
             assert cancelled["payload"]["job_id"] == job_id
