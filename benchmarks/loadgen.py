@@ -37,6 +37,21 @@ Workloads (every parameter has a default, scale with ``--param``):
 * ``slow`` consumers, n: that many sessions each submit one ``chatty`` n job at once
   and read slowly (a pause of the socket's reading every ``burst`` events), acking
   every 1,000 events; RSS growth and peak (VmHWM) growth from before the submits.
+
+Cluster workloads (several nodes on one Redis): every node is named, ``--url``/``--pid``
+first and each other one as ``--peer URL=PID``; ``--redis-port`` names the Redis they
+share, whose CPU (``INFO cpu``: ``used_cpu_sys + used_cpu_user``) is sampled around the
+measured phase like the nodes'. ``throughput`` reports Redis's CPU per event too when
+given ``--redis-port``.
+
+* ``spread`` sessions, n: sessions dealt round-robin over the nodes each submit
+  ``chatty`` n at once; aggregate events/s, CPU per event of the nodes (summed) and of
+  Redis.
+* ``handoff`` n: a session on the first node submits ``chatty`` n and drops its TCP
+  connection once accepted (the job emits into the detached session); once
+  ``session.list_jobs`` on the last node reports the job ended, the session resumes
+  there with ``last_event_seq: 0``; replayed frames per second, and the resuming
+  node's and Redis's CPU per replayed frame.
 """
 
 # ruff: noqa: ASYNC109
@@ -44,6 +59,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import itertools
 import json
 import math
@@ -147,6 +163,33 @@ class Proc:
                     key, value = line.split(":", 1)
                     out[key] = int(value.split()[0])
         return out
+
+
+class RedisCPU:
+    """The CPU time of the Redis a cluster's nodes share: ``used_cpu_sys +
+    used_cpu_user`` of ``INFO cpu`` (the whole server process, all threads), asked on
+    a connection of its own (the inline protocol, no client library)."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
+        self.host = host
+        self.port = port
+
+    async def info(self) -> dict[str, str]:
+        reader, writer = await asyncio.open_connection(self.host, self.port)
+        try:
+            writer.write(b"INFO cpu\r\n")
+            head = await asyncio.wait_for(reader.readline(), 5)
+            if not head.startswith(b"$"):
+                raise RuntimeError(f"INFO cpu: unexpected reply {head[:80]!r}")
+            body = await asyncio.wait_for(reader.readexactly(int(head[1:]) + 2), 5)
+        finally:
+            writer.close()
+        return dict(line.split(":", 1) for line in body.decode().splitlines() if ":" in line)
+
+    async def cpu(self) -> float:
+        """CPU seconds Redis has used so far."""
+        fields = await self.info()
+        return float(fields["used_cpu_sys"]) + float(fields["used_cpu_user"])
 
 
 def self_cpu() -> float:
@@ -426,25 +469,32 @@ def _terminal_check(s: Session, n_events: int) -> dict[str, Any]:
 # -- workloads ------------------------------------------------------------------------
 
 
-async def wl_throughput(url: str, token: str, proc: Proc, n: int = 20000) -> dict[str, Any]:
+async def wl_throughput(
+    url: str, token: str, proc: Proc, n: int = 20000, *, redis: RedisCPU | None = None
+) -> dict[str, Any]:
     await warm_up(url, token)
     s = await Session.open(url, token)
     await s.hello()
+    redis0 = await redis.cpu() if redis is not None else 0.0
     cpu0, me0 = proc.cpu(), self_cpu()
     t0, acc = s.submit("chatty", {"n": n, "kind": "log"})
     accepted = await asyncio.wait_for(acc, 30)
     await s.wait_terminals(1, timeout=max(60.0, n / 1000))
     t1 = s.terminal_t or time.perf_counter()
     cpu1, me1 = proc.cpu(), self_cpu()
+    redis1 = await redis.cpu() if redis is not None else 0.0
     s.close()
     wall = t1 - t0
+    metrics = {
+        "events_per_s": s.events / wall,
+        "first_event_ms": ((s.first_event_t or t1) - t0) * 1000,
+        "accepted_ms": (accepted["_t"] - t0) * 1000,
+        "cpu_us_per_event": (cpu1 - cpu0) / max(1, s.events) * 1e6,
+    }
+    if redis is not None:
+        metrics["redis_cpu_us_per_event"] = (redis1 - redis0) / max(1, s.events) * 1e6
     return {
-        "metrics": {
-            "events_per_s": s.events / wall,
-            "first_event_ms": ((s.first_event_t or t1) - t0) * 1000,
-            "accepted_ms": (accepted["_t"] - t0) * 1000,
-            "cpu_us_per_event": (cpu1 - cpu0) / max(1, s.events) * 1e6,
-        },
+        "metrics": metrics,
         "wall_s": wall,
         "runtime_cpu_s": cpu1 - cpu0,
         "loadgen_cpu_frac": (me1 - me0) / wall,
@@ -964,6 +1014,189 @@ async def wl_stall(
     }
 
 
+# -- cluster: several nodes on one Redis ------------------------------------------------
+#
+# These take ``nodes``: (url, Proc) of every node of the cluster, the ``--url`` node
+# first, then each ``--peer``; and ``redis``: the Redis they share (``--redis-port``),
+# or None for a single process.
+
+Node = tuple[str, Proc]
+
+
+async def _cpu(procs: list[Proc], redis: RedisCPU | None) -> tuple[float, float]:
+    """(the nodes' CPU seconds summed, Redis's CPU seconds, 0 without Redis)."""
+    redis_cpu = await redis.cpu() if redis is not None else 0.0
+    return sum(p.cpu() for p in procs), redis_cpu
+
+
+async def wl_spread(
+    url: str,
+    token: str,
+    proc: Proc,
+    sessions: int = 8,
+    n: int = 10000,
+    *,
+    nodes: list[Node],
+    redis: RedisCPU | None = None,
+) -> dict[str, Any]:
+    """``sessions`` sessions dealt round-robin over the nodes each submit ``chatty`` n
+    at once (so each node runs the jobs of its own sessions); aggregate events/s from
+    the first submit to the last terminal, CPU per event of the nodes (summed) and of
+    Redis."""
+    for node_url, _ in nodes:
+        await warm_up(node_url, token)
+    per_node = [
+        await open_sessions(node_url, token, len(range(i, sessions, len(nodes))))
+        for i, (node_url, _) in enumerate(nodes)
+    ]
+    ss = [s for group in itertools.zip_longest(*per_node) for s in group if s is not None]
+    await asyncio.sleep(0.2)
+    procs = [p for _, p in nodes]
+    (cpu0, redis0), me0 = await _cpu(procs, redis), self_cpu()
+    sent = [s.submit("chatty", {"n": n, "kind": "log"}) for s in ss]
+    t0 = sent[0][0]
+    accepted = await asyncio.wait_for(asyncio.gather(*(f for _, f in sent)), 60)
+    lat = [(a["_t"] - t) * 1000 for (t, _), a in zip(sent, accepted, strict=True)]
+    limit = max(60.0, sessions * n / 1000)
+    await asyncio.wait_for(asyncio.gather(*(s.wait_terminals(1, limit) for s in ss)), limit + 10)
+    t1 = max(s.terminal_t or 0.0 for s in ss)
+    (cpu1, redis1), me1 = await _cpu(procs, redis), self_cpu()
+    total = sum(s.events for s in ss)
+    for s in ss:
+        s.close()
+    wall = t1 - t0
+    bad = [c for c in (_terminal_check(s, n) for s in ss) if not c["ok"]]
+    metrics = {
+        "events_per_s": total / wall,
+        "accepted_p99_ms": percentile(lat, 99),
+        "cpu_us_per_event": (cpu1 - cpu0) / max(1, total) * 1e6,
+    }
+    if redis is not None:
+        metrics["redis_cpu_us_per_event"] = (redis1 - redis0) / max(1, total) * 1e6
+    return {
+        "metrics": metrics,
+        "wall_s": wall,
+        "nodes": len(nodes),
+        "sessions_per_node": [len(group) for group in per_node],
+        "runtime_cpu_s": cpu1 - cpu0,
+        "redis_cpu_s": redis1 - redis0,
+        "loadgen_cpu_frac": (me1 - me0) / wall,
+        "events": total,
+        "checks": {
+            "ok": not bad,
+            "sessions": sessions,
+            "bad_sessions": len(bad),
+            "first_bad": bad[0] if bad else None,
+        },
+    }
+
+
+async def _job_status(s: Session, job_id: str) -> str | None:
+    """The job's status as ``session.list_jobs`` reports it (None: not listed)."""
+    env_id, text = envelope("session.list_jobs", {"limit": 1000}, session_id=s.session_id)
+    fut = s.expect(
+        lambda e: (
+            e.get("type") == "session.jobs" and e.get("payload", {}).get("request_id") == env_id
+        )
+    )
+    s.conn.send(text)
+    env = await asyncio.wait_for(fut, 10)
+    if env["type"] != "session.jobs":
+        raise RuntimeError(f"list_jobs refused: {env.get('payload')}")
+    for job in env["payload"].get("jobs") or []:
+        if job.get("job_id") == job_id:
+            return str(job.get("status"))
+    return None
+
+
+async def wl_handoff(
+    url: str,
+    token: str,
+    proc: Proc,
+    n: int = 50000,
+    poll_ms: float = 20.0,
+    *,
+    nodes: list[Node],
+    redis: RedisCPU | None = None,
+) -> dict[str, Any]:
+    """A session on the first node submits ``chatty`` n and drops its TCP connection
+    as soon as the job is accepted; the job goes on emitting into the detached
+    session. A session on the last node polls ``session.list_jobs`` every ``poll_ms``
+    until the job has ended; then the session resumes on the last node with
+    ``last_event_seq: 0``. Replayed frames (events + terminal) per second, from sending
+    the resume hello to the replayed terminal, and the CPU of the resuming node and of
+    Redis per replayed frame. With one node, the resume is on the same node."""
+    (url_a, _), (url_b, proc_b) = nodes[0], nodes[-1]
+    for node_url, _ in nodes:
+        await warm_up(node_url, token)
+    s = await Session.open(url_a, token)
+    await s.hello()
+    t_submit, acc = s.submit("chatty", {"n": n, "kind": "log"})
+    accepted = await asyncio.wait_for(acc, 30)
+    job_id = accepted["payload"]["job_id"]
+    resume = {"session_id": s.session_id, "resume_token": s.resume_token, "last_event_seq": 0}
+    s.close()  # TCP abort, no bye: detached while the job runs
+    live = s.events
+    w = await Session.open(url_b, token)
+    await w.hello()
+    deadline = time.perf_counter() + max(60.0, n / 500)
+    polls = 0
+    while True:
+        polls += 1
+        status = await _job_status(w, job_id)
+        if status in TERMINAL_STATUSES:
+            break
+        if time.perf_counter() > deadline:
+            raise TimeoutError(f"job still {status} after {polls} polls")
+        await asyncio.sleep(poll_ms / 1000)
+    t_done = time.perf_counter()
+    w.close()
+    resume_deadline = time.perf_counter() + 5.0
+    attempts = 0
+    while True:
+        attempts += 1
+        await asyncio.sleep(0.05)
+        r = await Session.open(url_b, token)
+        (cpu0, redis0), me0 = await _cpu([proc_b], redis), self_cpu()
+        t0 = time.perf_counter()
+        try:
+            await r.hello(resume=resume)
+            break
+        except (RuntimeError, ConnectionError):
+            r.close()
+            if time.perf_counter() > resume_deadline:
+                raise
+    await r.wait_terminals(1, timeout=max(60.0, n / 500))
+    t1 = r.terminal_t or time.perf_counter()
+    (cpu1, redis1), me1 = await _cpu([proc_b], redis), self_cpu()
+    r.close()
+    wall = t1 - t0
+    replayed = r.events + len(r.terminals)
+    metrics = {
+        "replay_events_per_s": replayed / wall,
+        "cpu_us_per_event": (cpu1 - cpu0) / max(1, replayed) * 1e6,
+        "detached_events_per_s": n / (t_done - t_submit),
+    }
+    if redis is not None:
+        metrics["redis_cpu_us_per_event"] = (redis1 - redis0) / max(1, replayed) * 1e6
+    return {
+        "metrics": metrics,
+        "wall_s": wall,
+        "nodes": len(nodes),
+        "runtime_cpu_s": cpu1 - cpu0,
+        "redis_cpu_s": redis1 - redis0,
+        "loadgen_cpu_frac": (me1 - me0) / wall,
+        "events": replayed,
+        "live_before_detach": live,
+        "status_polls": polls,
+        "checks": {
+            **_terminal_check(r, n),
+            "job_status": status,
+            "resume_attempts": attempts,
+        },
+    }
+
+
 WORKLOADS: dict[str, Callable[..., Awaitable[dict[str, Any]]]] = {
     "stall": wl_stall,
     "throughput": wl_throughput,
@@ -974,6 +1207,8 @@ WORKLOADS: dict[str, Callable[..., Awaitable[dict[str, Any]]]] = {
     "subscribers": wl_subscribers,
     "soak": wl_soak,
     "slow": wl_slow,
+    "spread": wl_spread,
+    "handoff": wl_handoff,
 }
 
 
@@ -981,6 +1216,11 @@ def _param(text: str) -> tuple[str, float | int]:
     key, _, value = text.partition("=")
     number = float(value)
     return key, int(number) if number.is_integer() else number
+
+
+def _peer(text: str) -> tuple[str, int]:
+    url, _, pid = text.rpartition("=")
+    return url, int(pid)
 
 
 def _raise_nofile() -> None:
@@ -997,15 +1237,37 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pid", type=int, required=True, help="the runtime's process id")
     p.add_argument("--param", action="append", type=_param, default=[], metavar="KEY=VALUE")
     p.add_argument("--timeout", type=float, default=300.0, help="overall time limit")
+    p.add_argument(
+        "--peer",
+        action="append",
+        type=_peer,
+        default=[],
+        metavar="URL=PID",
+        help="another node of the same cluster (repeatable; the cluster workloads)",
+    )
+    p.add_argument(
+        "--redis-port",
+        type=int,
+        default=None,
+        help="the Redis the nodes share, on 127.0.0.1: its CPU is measured (INFO cpu)",
+    )
     args = p.parse_args(argv)
     _raise_nofile()
     proc = Proc(args.pid)
     fn = WORKLOADS[args.workload]
     params = dict(args.param)
+    accepts = inspect.signature(fn).parameters
+    extra: dict[str, Any] = {}
+    if "nodes" in accepts:
+        extra["nodes"] = [(args.url, proc), *((url, Proc(pid)) for url, pid in args.peer)]
+    if "redis" in accepts and args.redis_port is not None:
+        extra["redis"] = RedisCPU(args.redis_port)
     started = time.perf_counter()
 
     async def run() -> dict[str, Any]:
-        return await asyncio.wait_for(fn(args.url, args.token, proc, **params), args.timeout)
+        return await asyncio.wait_for(
+            fn(args.url, args.token, proc, **params, **extra), args.timeout
+        )
 
     try:
         result = asyncio.run(run())

@@ -10,6 +10,11 @@ process) measures it; the runtime is stopped afterwards. Runtimes alternate with
 repetition so that drift on a shared machine hits both. The ``throughput`` workload
 also runs against ``benchmarks/rawlimit.py``, the coalesced raw limit.
 
+The ``cluster`` workload measures arcp_trio alone: nodes (``serve --redis URL --node-id
+NAME``) on a ``redis-server`` of its own, started on a free port for every run
+(``--save '' --appendonly no``) and stopped by its PID, against one in-memory process;
+its own table follows the main one (``CLUSTER_ROWS``).
+
 Prints a table of medians and ratios (arcp_trio / reference) with the issue's
 targets, then the scaling points; writes everything to
 ``benchmarks/results/latest.json`` and the tables to ``benchmarks/results/latest.md``.
@@ -28,7 +33,9 @@ import os
 import platform
 import resource
 import select
+import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -45,6 +52,9 @@ OURS, REF, RAW = "arcp_trio", "reference", "rawlimit"
 #: arcp_trio on its SQLite store (``serve --db``, a fresh file per run): throughput with
 #: SQLite against in-memory (target ≥ 80 %), and the memory workloads on SQLite.
 OURS_DB = "arcp_trio_sqlite"
+#: A node of a cluster (``serve --redis``), for the ``cluster`` workload.
+NODE = "arcp_trio_node"
+CLUSTER = "cluster"
 
 RUNTIME_CMDS = {
     OURS: [sys.executable, "-m", "arcp_trio", "serve", "--log-level", "WARNING"],
@@ -56,7 +66,7 @@ RUNTIME_CMDS = {
     ],
     RAW: [sys.executable, "-m", "benchmarks.rawlimit"],
 }
-RUNTIME_CMDS[OURS_DB] = RUNTIME_CMDS[OURS]
+RUNTIME_CMDS[OURS_DB] = RUNTIME_CMDS[NODE] = RUNTIME_CMDS[OURS]
 
 
 @dataclass
@@ -67,6 +77,8 @@ class Workload:
     runtime_args: list[str] = field(default_factory=list)
     runtimes: tuple[str, ...] = (OURS, REF)
     timeout: float = 240.0
+    #: Repetitions of a full run (``--reps`` overrides; None: the run's default).
+    reps: int | None = None
 
 
 WORKLOADS = [
@@ -101,7 +113,177 @@ WORKLOADS = [
     Workload(
         "slow", {"consumers": 20, "n": 20000}, {"consumers": 5, "n": 2000}, runtimes=(OURS, OURS_DB)
     ),
+    # Several nodes on one Redis (issue 16); its "runtimes" are the runs of CLUSTER_RUNS.
+    # n: one session's chatty job; sessions * spread_n: the spread; resume_n: the events
+    # a detached session is resumed with on the other node.
+    Workload(
+        CLUSTER,
+        {"n": 50000, "sessions": 8, "spread_n": 10000, "resume_n": 50000},
+        {"n": 10000, "sessions": 4, "spread_n": 2500, "resume_n": 10000},
+        runtimes=(
+            "memory",
+            "redis_1node",
+            "spread_1node",
+            "spread_2nodes",
+            "memory_resume",
+            "handoff_2nodes",
+        ),
+        timeout=120.0,
+        reps=3,
+    ),
 ]
+
+#: The cluster workload's runs, each on fresh processes and a fresh Redis: run name ->
+#: (loadgen workload, nodes on Redis (0: one ``arcp_trio`` process, in memory unless
+#: ``--durable``), the loadgen's parameters as names of the workload's).
+CLUSTER_RUNS: dict[str, tuple[str, int, dict[str, str]]] = {
+    "memory": ("throughput", 0, {"n": "n"}),
+    "redis_1node": ("throughput", 1, {"n": "n"}),
+    "spread_1node": ("spread", 1, {"sessions": "sessions", "n": "spread_n"}),
+    "spread_2nodes": ("spread", 2, {"sessions": "sessions", "n": "spread_n"}),
+    "memory_resume": ("handoff", 0, {"n": "resume_n"}),
+    "handoff_2nodes": ("handoff", 2, {"n": "resume_n"}),
+}
+
+# (part, label, unit, (run, metric), baseline (run, metric) or None, target kind, target)
+# target kinds: ">=" / "<=" the figure's absolute value, None (reported only).
+CLUSTER_ROWS: list[
+    tuple[str, str, str, tuple[str, str], tuple[str, str] | None, str | None, float]
+] = [
+    (
+        "a",
+        "events/s, one session",
+        "",
+        ("redis_1node", "events_per_s"),
+        ("memory", "events_per_s"),
+        ">=",
+        25000,
+    ),
+    (
+        "a",
+        "time to first event",
+        "ms",
+        ("redis_1node", "first_event_ms"),
+        ("memory", "first_event_ms"),
+        "<=",
+        10.0,
+    ),
+    (
+        "a",
+        "submit→accepted",
+        "ms",
+        ("redis_1node", "accepted_ms"),
+        ("memory", "accepted_ms"),
+        None,
+        0,
+    ),
+    (
+        "a",
+        "node CPU per event",
+        "µs",
+        ("redis_1node", "cpu_us_per_event"),
+        ("memory", "cpu_us_per_event"),
+        None,
+        0,
+    ),
+    ("a", "Redis CPU per event", "µs", ("redis_1node", "redis_cpu_us_per_event"), None, None, 0),
+    (
+        "a",
+        "node + Redis CPU per event",
+        "µs",
+        ("redis_1node", "total_cpu_us_per_event"),
+        ("memory", "cpu_us_per_event"),
+        None,
+        0,
+    ),
+    (
+        "a",
+        "node peak RSS",
+        "MiB",
+        ("redis_1node", "peak_rss_mib"),
+        ("memory", "peak_rss_mib"),
+        None,
+        0,
+    ),
+    (
+        "b",
+        "aggregate events/s, sessions spread",
+        "",
+        ("spread_2nodes", "events_per_s"),
+        ("spread_1node", "events_per_s"),
+        None,
+        0,
+    ),
+    (
+        "b",
+        "submit→accepted p99",
+        "ms",
+        ("spread_2nodes", "accepted_p99_ms"),
+        ("spread_1node", "accepted_p99_ms"),
+        None,
+        0,
+    ),
+    (
+        "b",
+        "nodes' CPU per event (summed)",
+        "µs",
+        ("spread_2nodes", "cpu_us_per_event"),
+        ("spread_1node", "cpu_us_per_event"),
+        None,
+        0,
+    ),
+    (
+        "b",
+        "Redis CPU per event",
+        "µs",
+        ("spread_2nodes", "redis_cpu_us_per_event"),
+        ("spread_1node", "redis_cpu_us_per_event"),
+        None,
+        0,
+    ),
+    (
+        "c",
+        "replayed events/s, resume on the other node",
+        "",
+        ("handoff_2nodes", "replay_events_per_s"),
+        ("memory_resume", "replay_events_per_s"),
+        ">=",
+        20000,
+    ),
+    (
+        "c",
+        "resuming node's CPU per replayed event",
+        "µs",
+        ("handoff_2nodes", "cpu_us_per_event"),
+        ("memory_resume", "cpu_us_per_event"),
+        None,
+        0,
+    ),
+    (
+        "c",
+        "Redis CPU per replayed event",
+        "µs",
+        ("handoff_2nodes", "redis_cpu_us_per_event"),
+        None,
+        None,
+        0,
+    ),
+    (
+        "c",
+        "events/s emitted into the detached session",
+        "",
+        ("handoff_2nodes", "detached_events_per_s"),
+        ("memory_resume", "detached_events_per_s"),
+        None,
+        0,
+    ),
+]
+CLUSTER_PARTS = {
+    "a": "one node on Redis; baseline: one in-memory process, same load",
+    "b": "two nodes on Redis, sessions dealt round-robin; baseline: one node",
+    "c": "a session detached on node A while its job runs, resumed on node B "
+    "(last_event_seq 0); baseline: the same on one in-memory process",
+}
 
 # Scaling points (1x / 10x / 100x), one repetition each, full run only.
 SCALING = [
@@ -188,8 +370,9 @@ class Runtime:
             "900",
             *extra,
         ]
-        if name in (OURS, OURS_DB):
+        if name in (OURS, OURS_DB, NODE):
             cmd += self.ours_args
+        if name in (OURS, OURS_DB):
             db_dir = self.sqlite_dir if name == OURS_DB else self.ours_db_dir
             if db_dir is not None:
                 cmd += ["--db", str(db_dir / f"bench-{time.monotonic_ns()}.sqlite")]
@@ -199,7 +382,7 @@ class Runtime:
         self._err.write(f"\n=== {datetime.datetime.now().isoformat()} {' '.join(cmd)}\n")
         self._err.flush()
         cwd, env = ROOT, None
-        if name in (OURS, OURS_DB) and self.ours_src != ROOT:
+        if name in (OURS, OURS_DB, NODE) and self.ours_src != ROOT:
             cwd = self.ours_src
             env = {**os.environ, "PYTHONPATH": str(self.ours_src)}
         self.proc = subprocess.Popen(
@@ -236,6 +419,50 @@ class Runtime:
         self._err.close()
 
 
+def loadgen(
+    workload: str,
+    rt: Runtime,
+    params: dict[str, Any],
+    timeout: float,
+    extra: list[str] | None = None,
+) -> dict[str, Any]:
+    """One loadgen process against ``rt``: its JSON, or what went wrong."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.loadgen",
+        workload,
+        "--url",
+        rt.url,
+        "--token",
+        TOKEN,
+        "--pid",
+        str(rt.proc.pid),
+        "--timeout",
+        str(timeout),
+        *(extra or []),
+    ]
+    for key, value in params.items():
+        cmd += ["--param", f"{key}={value}"]
+    try:
+        out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout + 30)
+        result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+        if out.returncode != 0:
+            result["error"] = f"loadgen exit {out.returncode}: {out.stderr[-500:]}"
+    except subprocess.TimeoutExpired:
+        result = {"metrics": {}, "checks": {"ok": False}, "error": "loadgen timed out"}
+    except (json.JSONDecodeError, IndexError):
+        result = {
+            "metrics": {},
+            "checks": {"ok": False},
+            "error": f"loadgen output unreadable: {out.stderr[-500:]}",
+        }
+    hwm = result.get("runtime_mem_kib", {}).get("VmHWM")
+    if hwm and result.get("metrics") is not None:
+        result["metrics"]["peak_rss_mib"] = hwm / 1024
+    return result
+
+
 def run_once(runtime: str, wl: Workload, params: dict[str, Any], logs: Path) -> dict[str, Any]:
     """One fresh runtime, one loadgen run against it."""
     started = time.monotonic()
@@ -244,43 +471,119 @@ def run_once(runtime: str, wl: Workload, params: dict[str, Any], logs: Path) -> 
     except Exception as exc:
         return {"metrics": {}, "checks": {"ok": False}, "error": f"start: {exc}"}
     try:
-        cmd = [
-            sys.executable,
-            "-m",
-            "benchmarks.loadgen",
-            wl.name,
-            "--url",
-            rt.url,
-            "--token",
-            TOKEN,
-            "--pid",
-            str(rt.proc.pid),
-            "--timeout",
-            str(wl.timeout),
-        ]
-        for key, value in params.items():
-            cmd += ["--param", f"{key}={value}"]
-        try:
-            out = subprocess.run(
-                cmd, cwd=ROOT, capture_output=True, text=True, timeout=wl.timeout + 30
-            )
-            result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
-            if out.returncode != 0:
-                result["error"] = f"loadgen exit {out.returncode}: {out.stderr[-500:]}"
-        except subprocess.TimeoutExpired:
-            result = {"metrics": {}, "checks": {"ok": False}, "error": "loadgen timed out"}
-        except (json.JSONDecodeError, IndexError):
-            result = {
-                "metrics": {},
-                "checks": {"ok": False},
-                "error": f"loadgen output unreadable: {out.stderr[-500:]}",
-            }
+        result = loadgen(wl.name, rt, params, wl.timeout)
     finally:
         rt.stop()
-    hwm = result.get("runtime_mem_kib", {}).get("VmHWM")
-    if hwm and result.get("metrics") is not None:
-        result["metrics"]["peak_rss_mib"] = hwm / 1024
     result["runtime"] = runtime
+    result["total_s"] = time.monotonic() - started
+    return result
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class RedisServer:
+    """A ``redis-server`` of the benchmark's own (never the machine's shared one): a
+    free port, no persistence, stopped by its PID (as ``tests/redis_server.py``)."""
+
+    #: Where ``redis-server`` may keep files (it writes none: no persistence).
+    directory: Path = Path(tempfile.gettempdir())
+
+    def __init__(self, log_path: Path) -> None:
+        binary = shutil.which("redis-server") or shutil.which("valkey-server")
+        if binary is None:
+            raise RuntimeError(
+                "redis-server not found: install Redis 7 or Valkey (Debian/Ubuntu: "
+                "`apt install redis-server`) to run the cluster workload"
+            )
+        self._log = open(log_path, "a")  # noqa: SIM115 - closed in stop()
+        for _attempt in range(3):  # a free port may be taken between probe and bind
+            self.port = free_port()
+            cmd = [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", ""]
+            cmd += ["--appendonly", "no", "--dir", str(self.directory)]
+            self._log.write(f"\n=== {datetime.datetime.now().isoformat()} {' '.join(cmd)}\n")
+            self._log.flush()
+            self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
+            if self._wait_ready(10.0):
+                return
+            self._kill()
+        self._log.close()
+        raise RuntimeError(f"{binary} did not start (three ports tried; see {log_path})")
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def _wait_ready(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=1) as probe,
+            ):
+                probe.sendall(b"PING\r\n")
+                if probe.recv(64).startswith(b"+PONG"):
+                    return True
+            time.sleep(0.02)
+        return False
+
+    def _kill(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+
+    def stop(self) -> None:
+        self._kill()
+        self._log.close()
+
+
+def run_cluster_once(run: str, wl: Workload, params: dict[str, Any], logs: Path) -> dict[str, Any]:
+    """One run of the cluster workload (``CLUSTER_RUNS``): a fresh Redis and fresh
+    nodes on it (or one fresh in-memory process), one loadgen run, all stopped."""
+    started = time.monotonic()
+    workload, nodes, names = CLUSTER_RUNS[run]
+    load_params = {key: params[name] for key, name in names.items()}
+    redis: RedisServer | None = None
+    runtimes: list[Runtime] = []
+    try:
+        if nodes == 0:
+            runtimes.append(Runtime(OURS, [], logs / f"{OURS}.stderr.log"))
+        else:
+            redis = RedisServer(logs / "redis-server.log")
+            for i in range(nodes):
+                node_id = f"bench-{chr(ord('a') + i)}"
+                args = ["--redis", redis.url, "--node-id", node_id]
+                runtimes.append(Runtime(NODE, args, logs / f"{NODE}.stderr.log"))
+    except Exception as exc:
+        for rt in runtimes:
+            rt.stop()
+        if redis is not None:
+            redis.stop()
+        return {"metrics": {}, "checks": {"ok": False}, "error": f"start: {exc}"}
+    try:
+        extra = [arg for rt in runtimes[1:] for arg in ("--peer", f"{rt.url}={rt.proc.pid}")]
+        if redis is not None:
+            extra += ["--redis-port", str(redis.port)]
+        result = loadgen(workload, runtimes[0], load_params, wl.timeout, extra)
+    finally:
+        for rt in runtimes:
+            rt.stop()
+        if redis is not None:
+            redis.stop()
+    metrics = result.get("metrics") or {}
+    if "cpu_us_per_event" in metrics and "redis_cpu_us_per_event" in metrics:
+        metrics["total_cpu_us_per_event"] = (
+            metrics["cpu_us_per_event"] + metrics["redis_cpu_us_per_event"]
+        )
+    result["runtime"] = run
+    result["nodes"] = nodes
     result["total_s"] = time.monotonic() - started
     return result
 
@@ -414,6 +717,45 @@ def build_scaling(scaling: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def build_cluster_table(per: dict[str, list[dict[str, Any]]], baseline: str) -> str:
+    """The cluster workload's table: each figure next to its baseline and target."""
+    lines = [
+        "| part | metric | cluster | baseline | ratio | target | met? |",
+        "|---|---|---:|---:|---:|---|---|",
+    ]
+    for part, label, unit, (run, key), base, kind, target in CLUSTER_ROWS:
+        figure = median(per.get(run, []), key)
+        other = median(per.get(base[0], []), base[1]) if base is not None else None
+        ratio = figure / other if figure is not None and other else None
+        target_text, met_text = "—", "—"
+        if kind is not None:
+            target_text = (
+                f"{'≥' if kind == '>=' else '≤'} {fmt(target)}{f' {unit}' if unit else ''}"
+            )
+            if figure is None:
+                met_text = "n/a (failed)"
+            else:
+                met = figure >= target if kind == ">=" else figure <= target
+                met_text = "**yes**" if met else "no"
+        name = f"{label} ({unit})" if unit else label
+        lines.append(
+            f"| {part} | {name} | {fmt(figure)} | {fmt(other)} | "
+            f"{f'{ratio:.2f}×' if ratio is not None else '—'} | {target_text} | {met_text} |"
+        )
+    lines.append("")
+    for part, text in CLUSTER_PARTS.items():
+        lines.append(f"- {part}: {text.replace('in-memory process', baseline)}")
+    return "\n".join(lines)
+
+
+def redis_version() -> str | None:
+    binary = shutil.which("redis-server") or shutil.which("valkey-server")
+    if binary is None:
+        return None
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10)
+    return out.stdout.strip() or None
+
+
 def machine() -> dict[str, Any]:
     model = ""
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
@@ -422,7 +764,8 @@ def machine() -> dict[str, Any]:
                 model = line.split(":", 1)[1].strip()
                 break
     versions = {}
-    for dist in ("arcp-trio", "agentruntimecontrolprotocol", "trio", "wsproto", "websockets"):
+    dists = ("arcp-trio", "agentruntimecontrolprotocol", "trio", "wsproto", "websockets", "coredis")
+    for dist in dists:
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             versions[dist] = importlib.metadata.version(dist)
     git = ["git", "-C", str(ROOT)]
@@ -440,6 +783,7 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "loadavg_at_start": os.getloadavg(),
         "versions": versions,
+        "redis_server": redis_version(),
     }
 
 
@@ -488,6 +832,7 @@ def main(argv: list[str] | None = None) -> int:
     Runtime.ours_has_memory_flag = "--memory" in serve_help
     db_dir = tempfile.TemporaryDirectory(prefix="arcp-bench-")
     Runtime.sqlite_dir = Path(db_dir.name)
+    RedisServer.directory = Path(db_dir.name)
     if args.durable:
         Runtime.ours_db_dir = Path(db_dir.name)
     reps = args.reps or (1 if args.quick else 5)
@@ -499,6 +844,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.mkdir(parents=True, exist_ok=True)
     for name in RUNTIME_CMDS:
         (logs / f"{name}.stderr.log").write_text("")
+    (logs / "redis-server.log").write_text("")
 
     started = time.monotonic()
     info = machine()
@@ -508,21 +854,30 @@ def main(argv: list[str] | None = None) -> int:
     )
     results: dict[str, dict[str, list[dict[str, Any]]]] = {}
     failures: list[str] = []
+    cluster_reps = 0
     for wl in WORKLOADS:
         if args.only and wl.name not in args.only:
             continue
+        if wl.name == CLUSTER and info["redis_server"] is None:
+            log(f"  {wl.name:<11} skipped: redis-server (or valkey-server) not found")
+            failures.append(f"{wl.name}: skipped, redis-server (or valkey-server) not found")
+            continue
         params = wl.quick if args.quick else wl.full
         per: dict[str, list[dict[str, Any]]] = {rt: [] for rt in wl.runtimes}
-        for rep in range(reps):
+        wl_reps = args.reps or (1 if args.quick else wl.reps or reps)
+        run = run_cluster_once if wl.name == CLUSTER else run_once
+        for rep in range(wl_reps):
             order = list(wl.runtimes) if rep % 2 == 0 else list(reversed(wl.runtimes))
             for rt in order:
-                res = run_once(rt, wl, params, logs)
+                res = run(rt, wl, params, logs)
                 res["rep"] = rep
                 per[rt].append(res)
-                log(f"  {wl.name:<11} rep {rep + 1}/{reps} {rt:<10} {summarize(res)}")
+                log(f"  {wl.name:<11} rep {rep + 1}/{wl_reps} {rt:<10} {summarize(res)}")
                 if res.get("error") or not res.get("checks", {}).get("ok"):
                     failures.append(f"{wl.name} rep {rep + 1} {rt}: {summarize(res)}")
         results[wl.name] = per
+        if wl.name == CLUSTER:
+            cluster_reps = wl_reps
 
     scaling: list[dict[str, Any]] = []
     if not args.quick and not args.no_scaling and not args.only:
@@ -548,7 +903,17 @@ def main(argv: list[str] | None = None) -> int:
                 scaling.append(point)
 
     table, rows = build_table(results)
+    table = table if rows else ""
     scaling_table = build_scaling(scaling) if scaling else ""
+    cluster_table = ""
+    if CLUSTER in results:
+        baseline = "SQLite process (--durable)" if args.durable else "in-memory process"
+        cluster_table = (
+            f"Cluster (median of {cluster_reps}; a fresh redis-server and fresh nodes per "
+            f"run; {info['redis_server'] or 'redis-server: not found'}; load average at "
+            f"the start {', '.join(f'{x:.2f}' for x in info['loadavg_at_start'])}):\n\n"
+            + build_cluster_table(results[CLUSTER], baseline)
+        )
     elapsed = time.monotonic() - started
     if Runtime.ours_src != ROOT:
         source = str(Runtime.ours_src)
@@ -556,14 +921,18 @@ def main(argv: list[str] | None = None) -> int:
         source = f"the work tree at {info['git_head']}"
         source += " (uncommitted changes)" if info["arcp_trio_tree_dirty"] else ""
     header = (
-        f"{'quick' if args.quick else 'full'} run, median of {reps}; "
+        f"{'quick' if args.quick else 'full'} run, median of {reps if rows else cluster_reps}; "
         f"{info['nproc']} × {info['cpu_model']}, Python {info['python']}; "
         f"{elapsed:.0f} s; arcp_trio from {source}"
     )
     print()
     print(header)
-    print()
-    print(table)
+    if table:
+        print()
+        print(table)
+    if cluster_table:
+        print()
+        print(cluster_table)
     if scaling_table:
         print()
         print("Scaling (one run per point):")
@@ -593,7 +962,11 @@ def main(argv: list[str] | None = None) -> int:
             default=str,
         )
     )
-    md = f"{header}\n\n{table}\n"
+    md = f"{header}\n"
+    if table:
+        md += f"\n{table}\n"
+    if cluster_table:
+        md += f"\n{cluster_table}\n"
     if scaling_table:
         md += f"\nScaling (one run per point):\n\n{scaling_table}\n"
     args.out.with_suffix(".md").write_text(md)
