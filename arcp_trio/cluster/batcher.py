@@ -146,7 +146,10 @@ class EmitBatcher:
         try:
             queue = self._jobs[job_id]
             while queue.events:
-                batch = [queue.events[i] for i in range(min(self._max_batch, len(queue.events)))]
+                # A job's first event goes alone: its watchers see it one round trip
+                # after the agent's first yield, not after a whole batch is stamped.
+                size = self._max_batch if queue.written else 1
+                batch = [queue.events[i] for i in range(min(size, len(queue.events)))]
                 try:
                     with trio.fail_after(10):
                         result = await emit(
