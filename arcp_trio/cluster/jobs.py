@@ -110,8 +110,19 @@ async def request_cancel(redis: Redis, job_id: str, reason: str) -> str | None:
     return str(value) if outcome == "OK" else None
 
 
-async def retire(redis: Redis, job_id: str, *, retention_sec: float) -> None:
-    """The job ended: its keys go after ``retention_sec`` (listing drops it then)."""
+async def retire(
+    redis: Redis,
+    job_id: str,
+    *,
+    retention_sec: float,
+    principal: str = "",
+    idempotency_key: str | None = None,
+) -> None:
+    """The job ended: its keys, and its idempotency record (§7.2), go after
+    ``retention_sec`` (listing drops it then)."""
     ttl = max(1, int(retention_sec * 1000))
-    for key in (keys.job(job_id), keys.job_history(job_id), keys.job_watchers(job_id)):
+    retired = [keys.job(job_id), keys.job_history(job_id), keys.job_watchers(job_id)]
+    if idempotency_key is not None:
+        retired.append(keys.idempotency(principal, idempotency_key))
+    for key in retired:
         await redis.pexpire(key, ttl)

@@ -844,7 +844,11 @@ class ClusterState:
         except scripts.Fenced as fenced:
             log.warning("job taken over before its terminal job=%s: %s", job.job_id, fenced)
         await cluster_jobs.retire(
-            self.redis, job.job_id, retention_sec=self._config.job_retention_sec
+            self.redis,
+            job.job_id,
+            retention_sec=self._config.job_retention_sec,
+            principal=job.principal,
+            idempotency_key=job.idempotency_key,
         )
         self.batcher.forget(job.job_id)
         self.registry.finished(job)
@@ -1022,13 +1026,20 @@ class ClusterState:
             shapes=terminal_shapes(terminal),
         )
         job = await self.load_job(job_id)
+        principal, key = (job.principal, job.idempotency_key) if job else ("", None)
         if job is not None:
             # (Its status in Redis is final already: no transition to check here.)
             job.status, job.terminal, job.terminal_frame_id = terminal.status, terminal, frame_id
             await scripts.save_row(
                 self.redis, job_id, node=self.node_id, epoch=epoch, row=dumps(job_to_row(job))
             )
-        await cluster_jobs.retire(self.redis, job_id, retention_sec=self._config.job_retention_sec)
+        await cluster_jobs.retire(
+            self.redis,
+            job_id,
+            retention_sec=self._config.job_retention_sec,
+            principal=principal,
+            idempotency_key=key,
+        )
         self.jobs_taken_over += 1
         log.warning("job of a dead node ended job_id=%s status=%s", job_id, terminal.status)
 

@@ -343,10 +343,12 @@ class Handlers:
         session = connection.session
         self._send_accepted(connection, job, request_id)
         if self._shared is not None:
-            if job.job_id not in session.watching:
-                session.subscribed.add(job.job_id)
-                self._sessions.save(session)
-                # Live from now on (or the terminal of a finished job), wherever it runs.
+            if job.is_terminal or job.job_id not in session.watching:
+                if not job.is_terminal:
+                    session.subscribed.add(job.job_id)
+                    self._sessions.save(session)
+                # Live from now on, or the terminal of a finished job (again, to the
+                # session that submitted it too), wherever it runs.
                 await self._shared.watch(connection, job, after=None)
         elif job.terminal is not None:
             self._router.deliver_terminal(session, job)

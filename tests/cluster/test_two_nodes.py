@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from arcp_trio.cluster import keys
+from arcp_trio.cluster.redis import open_redis
 from arcp_trio.cluster.runtime import open_cluster_runtime
 from arcp_trio.cluster.shared import ClusterSettings
 from arcp_trio.demo_agents import demo_registry
@@ -212,6 +214,20 @@ async def test_one_idempotency_key_on_two_nodes_at_once_makes_one_job(
             for peer in peers:  # both watch it to its end
                 terminal = (await peer.recv_terminal(accepted[0]["job_id"]))[-1]
                 assert terminal["type"] == "job.result"
+            # Retention bounds Redis: the job's keys and its idempotency record expire.
+            async with open_redis(redis_server.url) as redis:
+                for _ in range(100):
+                    ttls = [
+                        await redis.pttl(key)
+                        for key in (
+                            keys.job(accepted[0]["job_id"]),
+                            keys.idempotency("alice", "k-1"),
+                        )
+                    ]
+                    if min(ttls) > 0:
+                        break
+                    await trio.sleep(0.05)
+                assert min(ttls) > 0, ttls
             nursery.cancel_scope.cancel()
 
 
