@@ -254,3 +254,22 @@ async def test_while_redis_does_not_answer_new_work_is_refused_retryably_and_the
             terminal = (await peer.recv_terminal(accepted["job_id"]))[-1]
             assert terminal["payload"]["result"]["echo"] == {"n": 2}
             nursery.cancel_scope.cancel()
+
+
+async def test_a_resubmit_of_a_finished_job_replays_its_terminal_in_the_same_session(
+    redis_server: RedisServer,
+) -> None:
+    """§7.2 as on one process: the same accept again, then the job's terminal (a
+    regression: the cluster once sent only the accept to the submitting session)."""
+    with trio.fail_after(30):
+        async with nodes(redis_server) as (a, _b), trio.open_nursery() as nursery:
+            peer, _ = await connect(a, nursery)
+            await peer.hello(features=SPEC)
+            first = await peer.submit("echo@1.0.0", {"n": 1}, idempotency_key="k-same")
+            done = (await peer.recv_terminal(first["job_id"]))[-1]
+            again = await peer.submit("echo@1.0.0", {"n": 1}, idempotency_key="k-same")
+            assert again["job_id"] == first["job_id"]
+            replayed = (await peer.recv_terminal(first["job_id"], timeout=10))[-1]
+            assert replayed["id"] == done["id"]  # the same terminal frame
+            assert replayed["payload"] == done["payload"]
+            nursery.cancel_scope.cancel()
