@@ -52,6 +52,9 @@ given ``--redis-port``.
   ``session.list_jobs`` on the last node reports the job ended, the session resumes
   there with ``last_event_seq: 0``; replayed frames per second, and the resuming
   node's and Redis's CPU per replayed frame.
+* ``soak`` (above) with ``--peer``: one session per node, the jobs dealt to them in
+  turn; every node's RSS, and with ``--redis-port`` Redis's ``used_memory``
+  (``INFO memory``), at the warm point and at the end.
 """
 
 # ruff: noqa: ASYNC109
@@ -174,13 +177,13 @@ class RedisCPU:
         self.host = host
         self.port = port
 
-    async def info(self) -> dict[str, str]:
+    async def info(self, section: str = "cpu") -> dict[str, str]:
         reader, writer = await asyncio.open_connection(self.host, self.port)
         try:
-            writer.write(b"INFO cpu\r\n")
+            writer.write(f"INFO {section}\r\n".encode())
             head = await asyncio.wait_for(reader.readline(), 5)
             if not head.startswith(b"$"):
-                raise RuntimeError(f"INFO cpu: unexpected reply {head[:80]!r}")
+                raise RuntimeError(f"INFO {section}: unexpected reply {head[:80]!r}")
             body = await asyncio.wait_for(reader.readexactly(int(head[1:]) + 2), 5)
         finally:
             writer.close()
@@ -190,6 +193,11 @@ class RedisCPU:
         """CPU seconds Redis has used so far."""
         fields = await self.info()
         return float(fields["used_cpu_sys"]) + float(fields["used_cpu_user"])
+
+    async def used_memory(self) -> int:
+        """Bytes Redis's allocator holds for its data (``used_memory``, ``INFO memory``)."""
+        fields = await self.info("memory")
+        return int(fields["used_memory"])
 
 
 def self_cpu() -> float:
@@ -743,30 +751,50 @@ def _mib(kib: int) -> float:
 
 
 async def wl_soak(
-    url: str, token: str, proc: Proc, jobs: int = 200, n: int = 5000, ack_every: int = 1000
+    url: str,
+    token: str,
+    proc: Proc,
+    jobs: int = 200,
+    n: int = 5000,
+    ack_every: int = 1000,
+    *,
+    nodes: list[Node] | None = None,
+    redis: RedisCPU | None = None,
 ) -> dict[str, Any]:
     """``jobs`` ``chatty`` n jobs in a row on one session that acks as it goes (when
     ``ack`` is negotiated): the runtime's RSS must level off once warm. RSS is
     sampled after the first quarter of the jobs and at the end, each after a 1 s
-    settle (not counted in events/s)."""
-    await warm_up(url, token)
-    s = await Session.open(url, token)
-    await s.hello()
-    acking = "ack" in s.features
-    s.track_seq = True
-    s.ack_every = ack_every if acking else 0
+    settle (not counted in events/s).
+
+    On a cluster (``--peer``): one session per node, the jobs dealt to them in turn
+    (still one job at a time); every node's RSS is sampled, and with ``--redis-port``
+    Redis's ``used_memory`` (``INFO memory``) at the same two points."""
+    nodes = nodes or [(url, proc)]
+    for node_url, _ in nodes:
+        await warm_up(node_url, token)
+    ss: list[Session] = []
+    for node_url, _ in nodes:
+        s = await Session.open(node_url, token)
+        await s.hello()
+        s.track_seq = True
+        s.ack_every = ack_every if "ack" in s.features else 0
+        ss.append(s)
+    acking = all(s.ack_every for s in ss)
+    procs = [p for _, p in nodes]
     warm_at = max(1, jobs // 4)
     bad: list[dict[str, Any]] = []
-    curve: list[int] = []  # VmRSS (KiB) after each job
-    rss_warm = 0
+    curve: list[int] = []  # VmRSS (KiB) of the first node after each job
+    rss_warm = [0] * len(procs)
+    redis_warm = redis_end = None
     settled = 0.0
-    cpu0, me0 = proc.cpu(), self_cpu()
+    cpu0, me0 = sum(p.cpu() for p in procs), self_cpu()
     t0 = time.perf_counter()
     for i in range(jobs):
+        s = ss[i % len(ss)]
         before = s.events
         _, acc = s.submit("chatty", {"n": n, "kind": "log"})
         await asyncio.wait_for(acc, 30)
-        await s.wait_terminals(i + 1, timeout=max(60.0, n / 500))
+        await s.wait_terminals(i // len(ss) + 1, timeout=max(60.0, n / 500))
         problem = _job_check(s, s.events - before, n)
         if problem is not None:
             bad.append({"job": i, **problem})
@@ -774,40 +802,63 @@ async def wl_soak(
         if i + 1 == warm_at:
             t_settle = time.perf_counter()
             await asyncio.sleep(1.0)
-            rss_warm = proc.mem()["VmRSS"]
+            rss_warm = [p.mem()["VmRSS"] for p in procs]
+            if redis is not None:
+                redis_warm = await redis.used_memory()
             settled += time.perf_counter() - t_settle
-    t1 = s.terminal_t or time.perf_counter()
-    cpu1, me1 = proc.cpu(), self_cpu()
+    t1 = max((s.terminal_t for s in ss if s.terminal_t is not None), default=None)
+    t1 = t1 or time.perf_counter()
+    cpu1, me1 = sum(p.cpu() for p in procs), self_cpu()
     await asyncio.sleep(1.0)
-    mem = proc.mem()
-    rss_end = mem["VmRSS"]
-    s.close()
+    rss_end = [p.mem()["VmRSS"] for p in procs]
+    if redis is not None:
+        redis_end = await redis.used_memory()
+    for s in ss:
+        s.close()
     wall = t1 - t0 - settled
-    return {
-        "metrics": {
-            "rss_growth_mib": _mib(rss_end - rss_warm),
-            "rss_warm_mib": _mib(rss_warm),
-            "rss_end_mib": _mib(rss_end),
-            "events_per_s": s.events / wall,
-            "events": s.events,
-            "cpu_us_per_event": (cpu1 - cpu0) / max(1, s.events) * 1e6,
-        },
+    events = sum(s.events for s in ss)
+    metrics: dict[str, float] = {
+        "rss_growth_mib": _mib(rss_end[0] - rss_warm[0]),
+        "rss_warm_mib": _mib(rss_warm[0]),
+        "rss_end_mib": _mib(rss_end[0]),
+        "events_per_s": events / wall,
+        "events": events,
+        "cpu_us_per_event": (cpu1 - cpu0) / max(1, events) * 1e6,
+    }
+    if len(procs) > 1:  # the largest growth of any node, and the sum of their RSS
+        metrics["max_rss_growth_mib"] = max(
+            _mib(e - w) for w, e in zip(rss_warm, rss_end, strict=True)
+        )
+    if redis_warm is not None and redis_end is not None:
+        metrics["redis_used_memory_warm_mib"] = redis_warm / 2**20
+        metrics["redis_used_memory_end_mib"] = redis_end / 2**20
+        metrics["redis_used_memory_growth_mib"] = (redis_end - redis_warm) / 2**20
+    result: dict[str, Any] = {
+        "metrics": metrics,
         "wall_s": wall,
         "runtime_cpu_s": cpu1 - cpu0,
         "loadgen_cpu_frac": (me1 - me0) / wall,
         "acking": acking,
-        "acks_sent": s.acks_sent,
-        "last_seq": s.last_seq,
+        "acks_sent": sum(s.acks_sent for s in ss),
+        "last_seq": ss[0].last_seq,
         "rss_curve_mib": [round(_mib(k), 1) for k in curve],
         "checks": {
-            "ok": not bad and len(s.terminals) == jobs and not s.errors,
+            "ok": not bad
+            and sum(len(s.terminals) for s in ss) == jobs
+            and not any(s.errors for s in ss),
             "jobs": jobs,
-            "terminals": len(s.terminals),
-            "session_errors": [e.get("payload") for e in s.errors[:3]],
+            "terminals": sum(len(s.terminals) for s in ss),
+            "session_errors": [e.get("payload") for s in ss for e in s.errors[:3]],
             "bad_jobs": len(bad),
             "first_bad": bad[0] if bad else None,
         },
     }
+    if len(procs) > 1:
+        result["nodes_rss_mib"] = [
+            {"warm": _mib(w), "end": _mib(e), "growth": _mib(e - w)}
+            for w, e in zip(rss_warm, rss_end, strict=True)
+        ]
+    return result
 
 
 async def wl_slow(

@@ -14,6 +14,8 @@ The ``cluster`` workload measures arcp_trio alone: nodes (``serve --redis URL --
 NAME``) on a ``redis-server`` of its own, started on a free port for every run
 (``--save '' --appendonly no``) and stopped by its PID, against one in-memory process;
 its own table follows the main one (``CLUSTER_ROWS``).
+The ``cluster-soak`` workload runs the ``soak`` load on one node, then on two, the same
+way (a fresh Redis per run): node RSS and Redis ``used_memory``, warm and at the end.
 
 Prints a table of medians and ratios (arcp_trio / reference) with the issue's
 targets, then the scaling points; writes everything to
@@ -55,6 +57,8 @@ OURS_DB = "arcp_trio_sqlite"
 #: A node of a cluster (``serve --redis``), for the ``cluster`` workload.
 NODE = "arcp_trio_node"
 CLUSTER = "cluster"
+#: The soak on nodes on Redis: node RSS and Redis ``used_memory`` over many jobs.
+CLUSTER_SOAK = "cluster-soak"
 
 RUNTIME_CMDS = {
     OURS: [sys.executable, "-m", "arcp_trio", "serve", "--log-level", "WARNING"],
@@ -131,6 +135,18 @@ WORKLOADS = [
         timeout=120.0,
         reps=3,
     ),
+    # The soak (same sizes) on one node on Redis, then on two nodes with the jobs dealt
+    # to a session on each in turn; node RSS from the warm point to the end, and Redis's
+    # used_memory (which grows with the finished jobs' histories: kept for the
+    # retention, 24 h by default). One run each.
+    Workload(
+        CLUSTER_SOAK,
+        {"jobs": 200, "n": 5000},
+        {"jobs": 10, "n": 2000},
+        runtimes=("soak_1node", "soak_2nodes"),
+        timeout=600.0,
+        reps=1,
+    ),
 ]
 
 #: The cluster workload's runs, each on fresh processes and a fresh Redis: run name ->
@@ -143,6 +159,8 @@ CLUSTER_RUNS: dict[str, tuple[str, int, dict[str, str]]] = {
     "spread_2nodes": ("spread", 2, {"sessions": "sessions", "n": "spread_n"}),
     "memory_resume": ("handoff", 0, {"n": "resume_n"}),
     "handoff_2nodes": ("handoff", 2, {"n": "resume_n"}),
+    "soak_1node": ("soak", 1, {"jobs": "jobs", "n": "n"}),
+    "soak_2nodes": ("soak", 2, {"jobs": "jobs", "n": "n"}),
 }
 
 # (part, label, unit, (run, metric), baseline (run, metric) or None, target kind, target)
@@ -748,6 +766,46 @@ def build_cluster_table(per: dict[str, list[dict[str, Any]]], baseline: str) -> 
     return "\n".join(lines)
 
 
+def build_cluster_soak_table(per: dict[str, list[dict[str, Any]]]) -> str:
+    """The cluster soak's figures, one line per node of each run, then Redis's."""
+    lines = [
+        "| run | node | events | events/s | RSS warm (MiB) | RSS end (MiB) "
+        "| RSS growth (MiB) | target | met? |",
+        "|---|---|---:|---:|---:|---:|---:|---|---|",
+    ]
+    redis_lines = [
+        "| run | Redis used_memory warm (MiB) | end (MiB) | growth (MiB) |",
+        "|---|---:|---:|---:|",
+    ]
+    for run, results in per.items():
+        for res in results:
+            m = res.get("metrics") or {}
+            flag = "" if res.get("checks", {}).get("ok") and not res.get("error") else " ⚠"
+            nodes = res.get("nodes_rss_mib") or [
+                {
+                    "warm": m.get("rss_warm_mib"),
+                    "end": m.get("rss_end_mib"),
+                    "growth": m.get("rss_growth_mib"),
+                }
+            ]
+            for i, node in enumerate(nodes):
+                growth = node["growth"]
+                met = "n/a (failed)" if growth is None else ("**yes**" if growth <= 48 else "no")
+                lines.append(
+                    f"| {run}{flag} | bench-{chr(ord('a') + i)} | "
+                    f"{fmt(m.get('events')) if i == 0 else '″'} | "
+                    f"{fmt(m.get('events_per_s')) if i == 0 else '″'} | "
+                    f"{fmt(node['warm'])} | {fmt(node['end'])} | {fmt(growth)} | ≤ 48 MiB | "
+                    f"{met} |"
+                )
+            redis_lines.append(
+                f"| {run}{flag} | {fmt(m.get('redis_used_memory_warm_mib'))} | "
+                f"{fmt(m.get('redis_used_memory_end_mib'))} | "
+                f"{fmt(m.get('redis_used_memory_growth_mib'))} |"
+            )
+    return "\n".join([*lines, "", *redis_lines])
+
+
 def redis_version() -> str | None:
     binary = shutil.which("redis-server") or shutil.which("valkey-server")
     if binary is None:
@@ -858,14 +916,14 @@ def main(argv: list[str] | None = None) -> int:
     for wl in WORKLOADS:
         if args.only and wl.name not in args.only:
             continue
-        if wl.name == CLUSTER and info["redis_server"] is None:
+        if wl.name in (CLUSTER, CLUSTER_SOAK) and info["redis_server"] is None:
             log(f"  {wl.name:<11} skipped: redis-server (or valkey-server) not found")
             failures.append(f"{wl.name}: skipped, redis-server (or valkey-server) not found")
             continue
         params = wl.quick if args.quick else wl.full
         per: dict[str, list[dict[str, Any]]] = {rt: [] for rt in wl.runtimes}
         wl_reps = args.reps or (1 if args.quick else wl.reps or reps)
-        run = run_cluster_once if wl.name == CLUSTER else run_once
+        run = run_cluster_once if wl.name in (CLUSTER, CLUSTER_SOAK) else run_once
         for rep in range(wl_reps):
             order = list(wl.runtimes) if rep % 2 == 0 else list(reversed(wl.runtimes))
             for rt in order:
@@ -914,14 +972,27 @@ def main(argv: list[str] | None = None) -> int:
             f"the start {', '.join(f'{x:.2f}' for x in info['loadavg_at_start'])}):\n\n"
             + build_cluster_table(results[CLUSTER], baseline)
         )
+    if CLUSTER_SOAK in results:
+        soak_wl = next(w for w in WORKLOADS if w.name == CLUSTER_SOAK)
+        soak_params = soak_wl.quick if args.quick else soak_wl.full
+        cluster_table += "\n\n" if cluster_table else ""
+        cluster_table += (
+            f"Cluster soak (one run each: "
+            f"{soak_params['jobs']:,} chatty {soak_params['n']:,} jobs in a row, acked; a fresh "
+            f"redis-server and fresh nodes per run; RSS after the first quarter of the jobs "
+            f"and at the end, each after 1 s; "
+            f"{info['redis_server'] or 'redis-server: not found'}):\n\n"
+            + build_cluster_soak_table(results[CLUSTER_SOAK])
+        )
     elapsed = time.monotonic() - started
     if Runtime.ours_src != ROOT:
         source = str(Runtime.ours_src)
     else:
         source = f"the work tree at {info['git_head']}"
         source += " (uncommitted changes)" if info["arcp_trio_tree_dirty"] else ""
+    shown_reps = reps if rows else cluster_reps or 1
     header = (
-        f"{'quick' if args.quick else 'full'} run, median of {reps if rows else cluster_reps}; "
+        f"{'quick' if args.quick else 'full'} run, median of {shown_reps}; "
         f"{info['nproc']} × {info['cpu_model']}, Python {info['python']}; "
         f"{elapsed:.0f} s; arcp_trio from {source}"
     )
