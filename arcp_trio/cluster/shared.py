@@ -148,7 +148,6 @@ class _WriteBehind:
                 except _REDIS_ERRORS as exc:
                     log.warning("write to redis failed, will retry key=%s: %s", key, exc)
                     self._pending.setdefault(key, write)
-                    self._in_flight = None
                     await trio.sleep(self._retry_sec)
                 finally:
                     self._in_flight = None
@@ -373,7 +372,7 @@ class RedisRouter:
 
     def __init__(self, state: ClusterState, *, timestamp: Callable[[], str]) -> None:
         self._state = state
-        self._timestamp = timestamp
+        self.timestamp = timestamp
         self._canceller: Canceller = lambda _job_id, _why: False
         #: The epoch at which this node owns each job it runs (fencing: ``emit``).
         self._epochs: dict[str, int] = {}
@@ -386,13 +385,21 @@ class RedisRouter:
     def set_canceller(self, canceller: Canceller) -> None:
         self._canceller = canceller
 
+    def epoch_of(self, job_id: str) -> int | None:
+        """The epoch this node owns the job at; None: not this node's to write."""
+        return self._epochs.get(job_id)
+
+    def end_here(self, job_id: str, why: Terminal) -> bool:
+        """End a job this node runs (a request from another node: never forwarded)."""
+        return self._canceller(job_id, why)
+
     def publish(self, job: JobRecord, kind: str, body: Any) -> None:
         epoch = self._epochs.get(job.job_id)
         if epoch is None:
             return  # fenced: another node took the job over; this one writes nothing
         self.events_published += 1
         job.last_event_index += 1
-        payload_json = dumps({"kind": kind, "ts": self._timestamp(), "body": body})
+        payload_json = dumps({"kind": kind, "ts": self.timestamp(), "body": body})
         self._state.batcher.publish(
             job.job_id,
             epoch,
@@ -790,7 +797,7 @@ class ClusterState:
         )
 
     def save_job(self, job: JobRecord) -> None:
-        epoch = self.router._epochs.get(job.job_id)
+        epoch = self.router.epoch_of(job.job_id)
         if epoch is None:
             return  # not this node's to write (fenced, or its terminal is written)
         row = dumps(job_to_row(job))
@@ -826,23 +833,39 @@ class ClusterState:
 
     async def write_terminal(self, job: JobRecord, epoch: int, frame_id: str) -> None:
         """After the job's last event: its terminal to every watcher, in Redis."""
-        assert job.terminal is not None
         await self.batcher.flush(job.job_id)
         try:
-            await scripts.finish(
-                self.redis,
-                job.job_id,
-                node=self.node_id,
-                epoch=epoch,
-                frame_id=frame_id,
-                status=str(job.terminal.status),
-                shapes=terminal_shapes(job.terminal),
-            )
-            await scripts.save_row(
-                self.redis, job.job_id, node=self.node_id, epoch=epoch, row=dumps(job_to_row(job))
-            )
+            await self._write_final(job, epoch, frame_id)
         except scripts.Fenced as fenced:
             log.warning("job taken over before its terminal job=%s: %s", job.job_id, fenced)
+            await self._retire(job)
+        self.batcher.forget(job.job_id)
+        self.registry.finished(job)
+
+    async def _write_final(self, job: JobRecord, epoch: int, frame_id: str) -> None:
+        """A job's end in Redis, the same for its owner and for a janitor: the
+        terminal to every watcher (``finish``), the final row, then retention.
+
+        Raises:
+            scripts.Fenced: not this node's at ``epoch``; nothing was written.
+        """
+        terminal = job.terminal
+        assert terminal is not None
+        await scripts.finish(
+            self.redis,
+            job.job_id,
+            node=self.node_id,
+            epoch=epoch,
+            frame_id=frame_id,
+            status=str(terminal.status),
+            shapes=terminal_shapes(terminal),
+        )
+        await scripts.save_row(
+            self.redis, job.job_id, node=self.node_id, epoch=epoch, row=dumps(job_to_row(job))
+        )
+        await self._retire(job)
+
+    async def _retire(self, job: JobRecord) -> None:
         await cluster_jobs.retire(
             self.redis,
             job.job_id,
@@ -850,8 +873,6 @@ class ClusterState:
             principal=job.principal,
             idempotency_key=job.idempotency_key,
         )
-        self.batcher.forget(job.job_id)
-        self.registry.finished(job)
 
     async def deliver(
         self, session_id: str, job: JobRecord, message_type: str, frame_id: str, payload: str
@@ -916,7 +937,7 @@ class ClusterState:
                 code=ErrorCode.CANCELLED,
                 message=fields.get("reason") or "cancelled by client",
             )
-            self.router._canceller(fields.get("job", ""), why)
+            self.router.end_here(fields.get("job", ""), why)
         elif kind == "superseded":
             try:
                 epoch = int(fields.get("epoch", "0"))
@@ -928,7 +949,7 @@ class ClusterState:
         """Another node took the job over (this one was away past its lease): it
         stops here, and writes nothing more (its terminal was written there)."""
         self.router.fenced(job_id)
-        self.router._canceller(job_id, _internal(f"taken over by {fenced.owner}"))
+        self.router.end_here(job_id, _internal(f"taken over by {fenced.owner}"))
 
     # -- node death ---------------------------------------------------------------------------
 
@@ -1015,36 +1036,18 @@ class ClusterState:
         return True
 
     async def _end_orphan(self, job_id: str, epoch: int, terminal: Terminal) -> None:
-        frame_id = new_ulid()
-        await scripts.finish(
-            self.redis,
-            job_id,
-            node=self.node_id,
-            epoch=epoch,
-            frame_id=frame_id,
-            status=str(terminal.status),
-            shapes=terminal_shapes(terminal),
-        )
         job = await self.load_job(job_id)
-        principal, key = (job.principal, job.idempotency_key) if job else ("", None)
-        if job is not None:
-            # (Its status in Redis is final already: no transition to check here.)
-            job.status, job.terminal, job.terminal_frame_id = terminal.status, terminal, frame_id
-            await scripts.save_row(
-                self.redis, job_id, node=self.node_id, epoch=epoch, row=dumps(job_to_row(job))
-            )
-        await cluster_jobs.retire(
-            self.redis,
-            job_id,
-            retention_sec=self._config.job_retention_sec,
-            principal=principal,
-            idempotency_key=key,
-        )
+        if job is None:
+            return  # its keys are gone (retention): nothing to end
+        frame_id = new_ulid()
+        # (Set, not ``finish``ed: the job was running on the dead node, not here.)
+        job.status, job.terminal, job.terminal_frame_id = terminal.status, terminal, frame_id
+        await self._write_final(job, epoch, frame_id)
         self.jobs_taken_over += 1
         log.warning("job of a dead node ended job_id=%s status=%s", job_id, terminal.status)
 
     def _now(self) -> str:
-        return self.router._timestamp()
+        return self.router.timestamp()
 
 
 def terminal_shapes(terminal: Terminal) -> dict[str, tuple[str, str]]:

@@ -162,7 +162,7 @@ class Handlers:
     async def _visible_job(self, session: Session, job_id: str) -> JobRecord:
         """The job, wherever it runs, if this session's principal may know it exists
         (§6.6, §14)."""
-        job = self._registry.get(job_id) or await self._registry.lookup(job_id)
+        job = await self._registry.lookup(job_id)
         if job is None or not self._observe_policy(session.principal, job):
             raise JobNotFound(f"job {job_id!r} not found")
         return job
